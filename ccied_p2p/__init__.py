@@ -1,0 +1,21 @@
+"""ccied_p2p: cache-aided collaborative DNN inference between edge devices (after CCIED, IEEE HPCC 2020).
+
+Modules, pure layers first:
+
+- :mod:`ccied_p2p.datasets`  real image data sets, offline (Fashion-MNIST, MNIST-5k, digits)
+- :mod:`ccied_p2p.models`    reference models (LeNet-, VGG-style), trained once and cached; EfficientNet-Lite0
+- :mod:`ccied_p2p.split`     :class:`SplitModel`: cut any traceable model into head and tail; profile; fingerprint
+- :mod:`ccied_p2p.pruning`   :func:`prune_split_layer`: prune only the layer producing the split activation
+- :mod:`ccied_p2p.errors`    the exception tree (one root, :class:`CCIEDError`)
+- :mod:`ccied_p2p.cli`       the ``ccied-p2p`` command
+"""
+
+from __future__ import annotations
+
+from ccied_p2p import datasets, models
+from ccied_p2p.errors import CCIEDError
+from ccied_p2p.pruning import prune_split_layer
+from ccied_p2p.split import SplitModel
+
+__all__ = ["CCIEDError", "SplitModel", "datasets", "models", "prune_split_layer"]
+__version__ = "0.1.0"

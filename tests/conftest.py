@@ -1,0 +1,46 @@
+"""Shared fixtures: small real data and quickly trained models for fast tests; the reference models for slow ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccied_p2p import datasets, models
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    torch.set_num_threads(1)
+    return
+
+
+@pytest.fixture(scope="session")
+def fashion() -> datasets.Dataset:
+    if "fashion-mnist" not in datasets.available():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return datasets.load("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist5k() -> datasets.Dataset:
+    return datasets.load("mnist-5k")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's weight cache, so reference models trained once are reused across runs."""
+    return models.cache_dir()
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CCIED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def pytest_report_header() -> str:
+    return f"ccied: torch {torch.__version__}, data {datasets.available()}, cache {os.environ.get('CCIED_CACHE', '~')}"
