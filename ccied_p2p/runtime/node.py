@@ -1,0 +1,816 @@
+"""The Node: one aiohttp server, peer links, mDNS, SWIM gossip, the cache and the scheduler, in one event loop.
+
+The node is a thin adapter: bytes and events go into the pure layers (codec, cache, membership, scheduler
+policy) and what they return is sent. Torch work (head and tail) runs on one worker thread owned by the node,
+so the event loop keeps answering probes while a tail computes and the local queue depth is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+import aiohttp
+import numpy as np
+import torch
+from aiohttp import web
+
+from ccied_p2p.cache import Hit, SemanticCache
+from ccied_p2p.codec.auth import Role, new_nonce
+from ccied_p2p.codec.messages import (
+    Ack,
+    CacheEntries,
+    CacheSync,
+    ErrorMessage,
+    Gossip,
+    Hello,
+    InferRequest,
+    InferResponse,
+    Leave,
+    LoadReport,
+    MemberState,
+    MemberUpdate,
+    Message,
+    Ping,
+    PingReq,
+)
+from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
+from ccied_p2p.codec.wire import encode_message
+from ccied_p2p.errors import AuthenticationError, CCIEDError, CodecError, ConfigError, RemoteError
+from ccied_p2p.gossip.membership import MemberEventKind, Membership, MembershipConfig
+from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, LinkClosedError, handshake
+from ccied_p2p.scheduler import (
+    Candidate,
+    Ewma,
+    LinkEstimator,
+    RateEstimator,
+    Request,
+    SchedulerPolicy,
+    candidate_from_member,
+    choose,
+)
+from ccied_p2p.split import SplitModel
+
+__all__ = ["InferenceResult", "Node", "NodeConfig", "NodeStats"]
+
+log = logging.getLogger(__name__)
+
+_MEMBERSHIP_TYPES = (Ping, PingReq, Ack, Gossip, Leave)
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs besides the model. A fresh random node id is drawn at every start."""
+
+    name: str = field(default_factory=_default_name)
+    secret: str | None = None
+    insecure: bool = False  # explicit opt-in to run without a cluster secret (local experiments only)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    advertise_host: str | None = None  # the address peers should dial (default: host, or this machine's)
+    seeds: Sequence[str] = ()  # "host:port" of nodes to join through (networks without multicast)
+    mdns: bool = True
+    mdns_interfaces: Sequence[str] = ("127.0.0.1",)  # ("all",) on a real LAN
+    encoding: str = "sparse-f16-lz4"
+    request_timeout: float = 2.0
+    max_in_flight: int = 64  # per peer link
+    heartbeat: float = 5.0  # WebSocket ping interval, seconds
+    cache: bool = True
+    cache_capacity: int = 100_000
+    cache_threshold: float | None = None  # None: the cache's default (calibrate for your model)
+    share_cache: bool = True
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    policy: SchedulerPolicy = field(default_factory=SchedulerPolicy)
+    offload: bool = True  # False: never send tails to peers (still serves them)
+    serve: bool = True  # False: refuse peers' tail requests
+    limits: Limits = DEFAULT_LIMITS
+    load_interval: float = 0.5  # how often this node republishes its load and cache summary
+
+    def validate(self) -> None:
+        if not self.secret and not self.insecure:
+            raise ConfigError(
+                "a cluster secret is required (NodeConfig.secret, --secret/--secret-file/$CCIED_SECRET); "
+                "pass insecure=True (--insecure) only for local experiments"
+            )
+        if self.secret is not None and len(self.secret) < 8:
+            raise ConfigError("the cluster secret must be at least 8 characters")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} out of range")
+        if self.request_timeout <= 0:
+            raise ConfigError("request_timeout must be > 0")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One answer: where it came from, how long each stage took (seconds) and what crossed the network."""
+
+    label: int
+    confidence: float
+    source: str  # "cache" | "local" | "peer:<name>"
+    timings: dict[str, float]
+    bytes_sent: int = 0
+    bytes_raw: int = 0  # the fp32 activation this request would have sent uncompressed
+    distance: float = math.nan
+    attempts: int = 1
+
+    @property
+    def latency(self) -> float:
+        return self.timings.get("total", math.nan)
+
+
+@dataclass
+class NodeStats:
+    requests: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_raw: int = 0
+    served: int = 0
+    serve_errors: int = 0
+    auth_failures: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, result: InferenceResult, keep: int = 10_000) -> None:
+        self.requests += 1
+        kind = "peer" if result.source.startswith("peer:") else result.source
+        self.by_source[result.source] = self.by_source.get(result.source, 0) + 1
+        lat = self.latencies.setdefault(kind, [])
+        lat.append(result.latency)
+        if len(lat) > keep:
+            del lat[: len(lat) - keep]
+        self.bytes_sent += result.bytes_sent
+        self.bytes_raw += result.bytes_raw
+
+
+class Node:
+    """A CCIED peer: asks (``infer``) and serves (tails for peers), in one event loop.
+
+    ``async with Node(split, config) as node: await node.infer(x)``.
+    """
+
+    def __init__(self, split: SplitModel, config: NodeConfig, cache: SemanticCache | None = None) -> None:
+        config.validate()
+        self.split = split
+        self.config = config
+        self._given_cache = cache
+        self.node_id = b""
+        self.port = 0
+        self.host = ""
+        self.counters = NodeStats()
+        self.links: dict[bytes, Link] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dialing: dict[bytes, asyncio.Task[Any]] = {}
+        self._outbox: dict[bytes, list[Message]] = {}
+        self._estimators: dict[bytes, LinkEstimator] = {}
+        self._load_at: dict[bytes, float] = {}
+        self._local_tail = Ewma(alpha=0.2)
+        self._served_rate = RateEstimator()
+        self._local_queue = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._discovery: Any = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._started_at = 0.0
+        self.membership: Membership
+        self.cache: SemanticCache
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Node:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"ccied:{self.config.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._closing:
+            log.error("[%s] task %s failed", self.config.name, task.get_name(), exc_info=task.exception())
+
+    async def start(self) -> None:
+        """Bind the server, register with mDNS, dial the seeds and start gossiping."""
+        cfg = self.config
+        self.node_id = secrets.token_bytes(16)
+        self._started_at = time.monotonic()
+        self.cache = self._given_cache or SemanticCache(
+            self.node_id,
+            capacity=cfg.cache_capacity,
+            **({} if cfg.cache_threshold is None else {"threshold": cfg.cache_threshold}),
+        )
+        self.cache.node_id = self.node_id
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ccied-{cfg.name}")
+        await self._run_compute(torch.set_num_threads, 1)
+
+        app = web.Application()
+        app.router.add_get(WS_PATH, self._handle_ws)
+        self.app = app
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1])
+        self.host = cfg.advertise_host or (cfg.host if cfg.host not in ("0.0.0.0", "") else _local_ip())
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=2.0))
+        self.membership = Membership(
+            self.node_id,
+            name=cfg.name,
+            host=self.host,
+            port=self.port,
+            fingerprint=self.split.fingerprint,
+            config=cfg.membership,
+            rng=int.from_bytes(self.node_id[:8], "little"),
+        )
+        log.info(
+            "[%s] serving on %s:%d (fingerprint %s)",
+            cfg.name,
+            self.host,
+            self.port,
+            self.split.fingerprint[:12],
+        )
+        self._spawn(self._ticker(), "gossip")
+        for seed in cfg.seeds:
+            self._spawn(self._dial_address(seed), f"seed:{seed}")
+        if cfg.mdns:
+            from ccied_p2p.runtime.discovery import Discovery, DiscoveryConfig, ServiceAnnouncement
+
+            self._discovery = Discovery(
+                DiscoveryConfig(interfaces=list(cfg.mdns_interfaces)),
+                announce=ServiceAnnouncement(
+                    node_id=self.node_id,
+                    name=cfg.name,
+                    fingerprint=self.split.fingerprint,
+                    port=self.port,
+                    protocol=PROTOCOL_VERSION,
+                    host=self.host,
+                ),
+            )
+            await self._discovery.__aenter__()
+            self._spawn(self._watch_discovery(), "mdns")
+
+    async def close(self) -> None:
+        """Tell peers we leave, unregister mDNS, close links, stop every task; idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if hasattr(self, "membership"):
+            with contextlib.suppress(Exception):
+                await self._send_all(self.membership.leave(self._now()))
+        if self._discovery is not None:
+            with contextlib.suppress(Exception):
+                await self._discovery.__aexit__(None, None, None)
+            self._discovery = None
+        for link in list(self.links.values()):
+            await link.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.links.clear()
+
+    # ------------------------------------------------------------------ views
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def peers(self) -> dict[str, MemberUpdate]:
+        """Every other member this node knows, by name, with its state, load and cache summary."""
+        if not hasattr(self, "membership"):
+            return {}
+        return {m.name: m for m in self.membership.members() if m.node_id != self.node_id}
+
+    def stats_dict(self) -> dict[str, Any]:
+        s = self.counters
+        cstats = self.cache.stats() if hasattr(self, "cache") else None
+        return {
+            "name": self.config.name,
+            "node_id": self.node_id.hex(),
+            "address": self.address,
+            "fingerprint": self.split.fingerprint,
+            "requests": s.requests,
+            "failed": s.failed,
+            "retries": s.retries,
+            "sources": dict(s.by_source),
+            "served": s.served,
+            "serve_errors": s.serve_errors,
+            "auth_failures": s.auth_failures,
+            "bytes_sent": s.bytes_sent,
+            "bytes_raw": s.bytes_raw,
+            "cache": None if cstats is None else vars(cstats) if hasattr(cstats, "__dict__") else str(cstats),
+            "peers": {name: m.state.value for name, m in self.peers.items()},
+            "links": len(self.links),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests by source, failures, bytes, what was served, cache and peers."""
+        return self.stats_dict()
+
+    # ------------------------------------------------------------------ compute
+
+    async def _run_compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _tail_sync(self, act: np.ndarray[Any, Any]) -> tuple[list[int], list[float], float]:
+        start = time.perf_counter()
+        logits = self.split.tail(torch.from_numpy(np.ascontiguousarray(act, dtype=np.float32)))
+        probs = torch.softmax(logits.float(), dim=1)
+        conf, labels = probs.max(dim=1)
+        return labels.tolist(), conf.tolist(), time.perf_counter() - start
+
+    def _head_sync(self, x: torch.Tensor) -> tuple[np.ndarray[Any, Any], float]:
+        start = time.perf_counter()
+        act = self.split.head(x)
+        return act.numpy(), time.perf_counter() - start
+
+    async def _local_tail_run(self, act: np.ndarray[Any, Any]) -> tuple[list[int], list[float], float, float]:
+        """Run the tail on the worker thread; returns labels, confidences, compute and queue seconds."""
+        queued = time.perf_counter()
+        self._local_queue += 1
+        try:
+            labels, confs, tail_s = await self._run_compute(self._tail_sync, act)
+        finally:
+            self._local_queue -= 1
+        self._local_tail.update(tail_s / max(1, len(labels)))
+        self._served_rate.observe(self._now(), len(labels))
+        return labels, confs, tail_s, time.perf_counter() - queued - tail_s
+
+    # ------------------------------------------------------------------ inference
+
+    @overload
+    async def infer(
+        self, x: torch.Tensor, *, concurrency: int = ...
+    ) -> InferenceResult | list[InferenceResult]: ...
+
+    @overload
+    async def infer(
+        self, x: np.ndarray[Any, Any], *, concurrency: int = ...
+    ) -> InferenceResult | list[InferenceResult]: ...
+
+    async def infer(self, x: Any, *, concurrency: int = 8) -> InferenceResult | list[InferenceResult]:
+        """Infer one input (C, H, W) or a batch (N, C, H, W); a batch returns one result per row."""
+        t = torch.as_tensor(x, dtype=torch.float32)
+        expected = tuple(self.split.example_input.shape[1:])
+        if t.dim() == len(expected) and tuple(t.shape) == expected:
+            return await self._infer_one(t.unsqueeze(0))
+        if t.dim() == len(expected) + 1 and tuple(t.shape[1:]) == expected:
+            sem = asyncio.Semaphore(max(1, concurrency))
+
+            async def one(row: torch.Tensor) -> InferenceResult:
+                async with sem:
+                    return await self._infer_one(row.unsqueeze(0))
+
+            return list(await asyncio.gather(*(one(row) for row in t)))
+        raise ConfigError(f"expected an input shaped {expected} or (N, *{expected}), got {tuple(t.shape)}")
+
+    async def _infer_one(self, x: torch.Tensor) -> InferenceResult:
+        t0 = time.perf_counter()
+        act, head_s = await self._run_compute(self._head_sync, x)
+        timings: dict[str, float] = {"head": head_s}
+        raw_bytes = int(act.size) * 4
+        fp = self.split.fingerprint
+        now = self._now()
+        if self.config.cache:
+            t1 = time.perf_counter()
+            try:
+                found = self.cache.lookup(act, fp, now)
+            except CCIEDError as exc:
+                log.warning("[%s] cache lookup failed: %s", self.config.name, exc)
+                found = None
+            timings["lookup"] = time.perf_counter() - t1
+            if isinstance(found, Hit):
+                timings["total"] = time.perf_counter() - t0
+                result = InferenceResult(
+                    found.label, found.confidence, "cache", timings, 0, raw_bytes, found.distance
+                )
+                self.counters.record(result)
+                return result
+        result = await self._run_tail(act, timings, t0, raw_bytes)
+        if self.config.cache:
+            with contextlib.suppress(CCIEDError):
+                self.cache.insert(act, result.label, result.confidence, fp, self._now())
+        self.counters.record(result)
+        return result
+
+    def _candidates(self, now: float) -> list[Candidate]:
+        local = Candidate(
+            node_id=self.node_id,
+            fingerprint=self.split.fingerprint,
+            tail_s=self._local_tail.get(0.001),
+            local=True,
+            name=self.config.name,
+            queue_depth=self._local_queue,
+            service_rate=0.0,
+        )
+        out = [local]
+        if not self.config.offload:
+            return out
+        for node_id, link in self.links.items():
+            member = self.membership.get(node_id)
+            if member is None or link.closed.is_set():
+                continue
+            est = self._estimators.setdefault(node_id, LinkEstimator())
+            out.append(
+                candidate_from_member(
+                    member, est, inflight=link.in_flight, load_at=self._load_at.get(node_id, math.inf)
+                )
+            )
+        return out
+
+    async def _run_tail(
+        self, act: np.ndarray[Any, Any], timings: dict[str, float], t0: float, raw_bytes: int
+    ) -> InferenceResult:
+        fp = self.split.fingerprint
+        tried: set[bytes] = set()
+        attempts = 0
+        while True:
+            now = self._now()
+            request = Request(fp, payload_bytes=max(64, raw_bytes // 8), exclude=frozenset(tried))
+            order = choose(request, self._candidates(now), now, self.config.policy)
+            target = order[0].candidate
+            attempts += 1
+            if target.local:
+                labels, confs, tail_s, queue_s = await self._local_tail_run(act)
+                timings["tail"] = tail_s
+                timings["queue"] = queue_s
+                timings["total"] = time.perf_counter() - t0
+                return InferenceResult(labels[0], confs[0], "local", timings, 0, raw_bytes, attempts=attempts)
+            link = self.links.get(target.node_id)
+            tried.add(target.node_id)
+            if link is None:
+                continue
+            est = self._estimators.setdefault(target.node_id, LinkEstimator())
+            try:
+                t_enc = time.perf_counter()
+                msg = InferRequest(0, fp, self.split.split_at, act, self.config.encoding)
+                resp, sent, encode_s = await link.request(msg, self.config.request_timeout)
+                rtt = time.perf_counter() - t_enc
+            except (RemoteError, ConnectionError) as exc:
+                self.counters.retries += 1
+                est.failure(self._now())
+                log.info("[%s] tail on %s failed (%s); trying the next", self.config.name, target.name, exc)
+                continue
+            server = sum(resp.timings.get(k, 0.0) for k in ("decode", "tail", "queue"))
+            timings["encode"] = encode_s
+            timings["tail"] = resp.timings.get("tail", 0.0)
+            timings["decode"] = resp.timings.get("decode", 0.0)
+            timings["transfer"] = max(0.0, rtt - encode_s - server)
+            timings["total"] = time.perf_counter() - t0
+            est.success(timings["transfer"], sent, timings["transfer"])
+            if not resp.labels:
+                continue
+            return InferenceResult(
+                resp.labels[0],
+                resp.confidences[0],
+                f"peer:{link.peer.name}",
+                timings,
+                sent,
+                raw_bytes,
+                attempts=attempts,
+            )
+
+    # ------------------------------------------------------------------ serving
+
+    async def _serve(self, link: Link, msg: InferRequest, decode_s: float) -> None:
+        reply: Message
+        if not self.config.serve:
+            reply = ErrorMessage(msg.request_id, "refused", f"{self.config.name} does not serve tails")
+        elif msg.fingerprint != self.split.fingerprint or msg.split != self.split.split_at:
+            reply = ErrorMessage(msg.request_id, "fingerprint", "model fingerprint or split does not match")
+        elif tuple(msg.activation.shape[1:]) != self.split.activation_shape or msg.activation.shape[0] < 1:
+            reply = ErrorMessage(
+                msg.request_id,
+                "shape",
+                f"activation {msg.activation.shape}, expected (N, *{self.split.activation_shape})",
+            )
+        else:
+            labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation)
+            self.counters.served += 1
+            reply = InferResponse(
+                msg.request_id,
+                tuple(labels),
+                tuple(confs),
+                {"decode": decode_s, "tail": tail_s, "queue": queue_s},
+            )
+            if self.config.cache and len(labels) == 1:
+                with contextlib.suppress(CCIEDError):
+                    self.cache.insert(
+                        msg.activation, labels[0], confs[0], self.split.fingerprint, self._now()
+                    )
+        if isinstance(reply, ErrorMessage):
+            self.counters.serve_errors += 1
+            log.warning("[%s] refused a request from %s: %s", self.config.name, link.peer.name, reply.message)
+        with contextlib.suppress(LinkClosedError):
+            await link.send(reply)
+
+    async def _on_message(self, link: Link, msg: Message, decode_s: float = 0.0) -> None:
+        if isinstance(msg, InferRequest):
+            self._spawn(self._serve(link, msg, decode_s), "serve")
+        elif isinstance(msg, _MEMBERSHIP_TYPES):
+            if msg.__class__ is Gossip or isinstance(msg, Ping | Ack | PingReq):
+                self._note_loads(msg)
+            await self._send_all(self.membership.receive(link.node_id, msg, self._now()))
+            self._drain_events()
+        elif isinstance(msg, CacheSync):
+            await self._answer_sync(link, msg)
+        elif isinstance(msg, CacheEntries):
+            self._merge_entries(link, msg)
+        else:
+            log.debug("[%s] ignoring %s from %s", self.config.name, type(msg).__name__, link.peer.name)
+
+    def _note_loads(self, msg: Ping | PingReq | Ack | Gossip) -> None:
+        now = self._now()
+        for upd in msg.updates:
+            if upd.load is not None:
+                cur = self.membership.get(upd.node_id)
+                if cur is None or cur.load is None or upd.load.version > cur.load.version:
+                    self._load_at[upd.node_id] = now
+
+    async def _answer_sync(self, link: Link, msg: CacheSync) -> None:
+        if not (self.config.cache and self.config.share_cache):
+            return
+        known = dict(msg.known)
+        entries = self.cache.entries_since(known, max_bytes=min(msg.max_bytes, 256 << 10))
+        if entries:
+            await link.send(CacheEntries(tuple(entries)))
+
+    def _merge_entries(self, link: Link, msg: CacheEntries) -> None:
+        if not (self.config.cache and self.config.share_cache):
+            return
+        if link.peer.fingerprint != self.split.fingerprint:
+            return
+        self.cache.merge(msg.entries, self.split.fingerprint, self._now())
+
+    # ------------------------------------------------------------------ links
+
+    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            max_msg_size=self.config.limits.max_frame_bytes + 64, heartbeat=self.config.heartbeat
+        )
+        await ws.prepare(request)
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        try:
+            peer, seal, open_ = await handshake(
+                ws, Role.RESPONDER, self._hello(), self.config.secret, self.config.limits
+            )
+        except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
+            self.counters.auth_failures += 1
+            log.warning("[%s] rejected a connection from %s: %s", self.config.name, peername, exc)
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(encode_message(ErrorMessage(0, "auth", "authentication failed")))
+            await ws.close()
+            return ws
+        link = Link(
+            ws,
+            peer,
+            Role.RESPONDER,
+            seal,
+            open_,
+            self.config.limits,
+            self._on_message,
+            self.config.max_in_flight,
+        )
+        await self._adopt(link)
+        return ws
+
+    def _hello(self) -> Hello:
+        return Hello(
+            self.node_id, self.config.name, self.split.fingerprint, PROTOCOL_VERSION, new_nonce(), self.port
+        )
+
+    async def _adopt(self, link: Link) -> None:
+        """Own a new authenticated link; keep one per peer (the one dialled by the lower node id)."""
+        pid = link.node_id
+        if pid == self.node_id:
+            await link.close()
+            return
+        old = self.links.get(pid)
+        if old is not None and not old.closed.is_set():
+            dialer_of = lambda lk: self.node_id if lk.role is Role.INITIATOR else lk.node_id  # noqa: E731
+            if dialer_of(old) < dialer_of(link) or dialer_of(old) == dialer_of(link):
+                await link.close()
+                return
+            await old.close()
+        self.links[pid] = link
+        member = MemberUpdate(
+            pid,
+            link.peer.name,
+            link.address[0] if link.address else "",
+            link.peer.port,
+            link.peer.fingerprint,
+            MemberState.ALIVE,
+            0,
+        )
+        if self.membership.get(pid) is None:
+            if not member.host:
+                member = MemberUpdate(
+                    pid,
+                    link.peer.name,
+                    self._peer_host(link),
+                    link.peer.port,
+                    link.peer.fingerprint,
+                    MemberState.ALIVE,
+                    0,
+                )
+            await self._send_all(self.membership.add_seed(member, self._now()))
+            self._drain_events()
+        for queued in self._outbox.pop(pid, []):
+            with contextlib.suppress(LinkClosedError):
+                await link.send(queued)
+        if self.config.share_cache and self.config.cache and link.peer.fingerprint == self.split.fingerprint:
+            with contextlib.suppress(LinkClosedError):
+                await link.send(CacheSync(tuple(self.cache.known().items()), 256 << 10))
+        try:
+            await link.run()
+        finally:
+            if self.links.get(pid) is link:
+                del self.links[pid]
+
+    def _peer_host(self, link: Link) -> str:
+        transport = getattr(link.ws, "_req", None)
+        peer = None
+        if transport is not None and transport.transport is not None:
+            peer = transport.transport.get_extra_info("peername")
+        return str(peer[0]) if peer else "127.0.0.1"
+
+    async def _dial(self, host: str, port: int) -> None:
+        assert self._session is not None
+        url = f"http://{host}:{port}{WS_PATH}"
+        ws = await self._session.ws_connect(
+            url,
+            max_msg_size=self.config.limits.max_frame_bytes + 64,
+            heartbeat=self.config.heartbeat,
+            autoping=True,
+        )
+        try:
+            peer, seal, open_ = await handshake(
+                ws, Role.INITIATOR, self._hello(), self.config.secret, self.config.limits
+            )
+        except BaseException:
+            await ws.close()
+            raise
+        link = Link(
+            ws,
+            peer,
+            Role.INITIATOR,
+            seal,
+            open_,
+            self.config.limits,
+            self._on_message,
+            self.config.max_in_flight,
+            address=(host, port),
+        )
+        self._spawn(self._adopt(link), f"link:{peer.name}")
+
+    async def _dial_address(self, address: str, attempts: int = 20) -> None:
+        host, _, port = address.rpartition(":")
+        delay = 0.1
+        for _ in range(attempts):
+            try:
+                await self._dial(host or "127.0.0.1", int(port))
+                return
+            except AuthenticationError as exc:
+                log.warning("[%s] seed %s refused us: %s", self.config.name, address, exc)
+                return
+            except (OSError, aiohttp.ClientError, TimeoutError, RemoteError) as exc:
+                log.debug("[%s] seed %s not reachable yet: %s", self.config.name, address, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _ensure_link(self, node_id: bytes) -> None:
+        if node_id in self.links or node_id in self._dialing or self._closing:
+            return
+        member = self.membership.get(node_id)
+        if member is None or member.state in (MemberState.DEAD, MemberState.LEFT) or not member.port:
+            return
+
+        async def dial() -> None:
+            try:
+                await self._dial(member.host, member.port)
+            except (OSError, aiohttp.ClientError, TimeoutError, RemoteError) as exc:
+                log.debug("[%s] dial %s failed: %s", self.config.name, member.name, exc)
+                self._outbox.pop(node_id, None)
+            finally:
+                self._dialing.pop(node_id, None)
+
+        self._dialing[node_id] = self._spawn(dial(), f"dial:{member.name}")
+
+    async def _send_all(self, out: list[tuple[bytes, Message]]) -> None:
+        for dest, msg in out:
+            link = self.links.get(dest)
+            if link is None or link.closed.is_set():
+                box = self._outbox.setdefault(dest, [])
+                if len(box) < 32:
+                    box.append(msg)
+                self._ensure_link(dest)
+                continue
+            try:
+                await link.send(msg)
+            except LinkClosedError:
+                pass
+
+    def _drain_events(self) -> None:
+        for event in self.membership.drain_events():
+            member = event.member
+            log.info("[%s] member %s %s", self.config.name, member.name, event.kind.value)
+            if event.kind in (MemberEventKind.JOINED, MemberEventKind.ALIVE):
+                self._ensure_link(member.node_id)
+            elif event.kind in (MemberEventKind.DEAD, MemberEventKind.LEFT):
+                link = self.links.pop(member.node_id, None)
+                self._outbox.pop(member.node_id, None)
+                if link is not None:
+                    self._spawn(link.close(), "close")
+
+    # ------------------------------------------------------------------ timers
+
+    async def _ticker(self) -> None:
+        next_load = 0.0
+        while True:
+            now = self._now()
+            if now >= next_load:
+                next_load = now + self.config.load_interval
+                self.membership.update_load(
+                    LoadReport(
+                        0, self._local_queue, self._local_tail.get(0.001) * 1000, self._served_rate.rate(now)
+                    )
+                )
+                if self.config.cache:
+                    self.membership.update_cache(self.cache.summary(self.split.fingerprint))
+                    if self.config.share_cache:
+                        await self._sync_caches()
+            await self._send_all(self.membership.tick(now))
+            self._drain_events()
+            deadline = min(self.membership.next_deadline, next_load)
+            await asyncio.sleep(min(max(deadline - self._now(), 0.005), 0.25))
+
+    async def _sync_caches(self) -> None:
+        """Anti-entropy for cache entries: ask one random compatible peer for what we lack."""
+        compatible = [lk for lk in self.links.values() if lk.peer.fingerprint == self.split.fingerprint]
+        if not compatible:
+            return
+        link = compatible[secrets.randbelow(len(compatible))]
+        with contextlib.suppress(LinkClosedError):
+            await link.send(CacheSync(tuple(self.cache.known().items()), 256 << 10))
+
+    async def _watch_discovery(self) -> None:
+        assert self._discovery is not None
+        async for event in self._discovery.events():
+            peer = getattr(event, "peer", None)
+            if peer is None or peer.node_id == self.node_id or peer.node_id in self.links:
+                continue
+            if type(event).__name__ in ("PeerFound", "PeerUpdated"):
+                self._spawn(self._dial_address(f"{peer.host}:{peer.port}", attempts=3), f"mdns:{peer.name}")
+
+    def __repr__(self) -> str:
+        return f"Node({self.config.name!r}, {self.address}, peers={len(self.links)})"
+
+
+def _local_ip() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
