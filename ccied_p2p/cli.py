@@ -107,6 +107,74 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(args: argparse.Namespace) -> str | None:
+    import os
+    from pathlib import Path
+
+    if getattr(args, "secret", None):
+        return str(args.secret)
+    if getattr(args, "secret_file", None):
+        return Path(args.secret_file).read_text().strip()
+    return os.environ.get("CCIED_SECRET") or None
+
+
+def _node_config(args: argparse.Namespace) -> Any:
+    from ccied_p2p.runtime.node import NodeConfig
+
+    return NodeConfig(
+        name=args.name or NodeConfig().name,
+        secret=_secret(args),
+        insecure=args.insecure,
+        host=args.host,
+        port=args.port,
+        seeds=tuple(s for s in (args.seeds or "").split(",") if s),
+        mdns=not args.no_mdns,
+        mdns_interfaces=tuple(args.interface),
+        share_cache=not args.no_share_cache,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ccied_p2p.demo import serve_forever
+    from ccied_p2p.presets import CacheSettings, reference_parts
+
+    data = _data_and_threads(args)
+    config = _node_config(args)
+    split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=False)
+    settings = (
+        CacheSettings(args.threshold, args.k, args.votes, args.min_confidence)
+        if args.threshold is not None
+        else None
+    )
+    asyncio.run(serve_forever(split, config, settings))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ccied_p2p.demo import demo, render_demo
+    from ccied_p2p.presets import reference_parts
+
+    data = _data_and_threads(args)
+    split = reference_parts(args.model, data, amount=args.amount, progress=not args.json)
+    out = asyncio.run(
+        demo(
+            split,
+            data,
+            args.model,
+            args.amount,
+            requests=args.requests,
+            progress=not args.json,
+            mdns=not args.no_mdns,
+        )
+    )
+    _emit(out, args.json, render_demo(out))
+    return 0 if out["failed"] == 0 else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"ccied_p2p.bench.{args.bench}")
     result = module.run(args)
@@ -145,6 +213,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
     p.set_defaults(func=_cmd_prune)
 
+    def node_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--amount", type=float, default=0.75, help="fraction of split-layer channels pruned")
+        p.add_argument("--name", default=None, help="node name (default: hostname-pid)")
+        p.add_argument(
+            "--secret", default=None, help="cluster secret (prefer --secret-file or $CCIED_SECRET)"
+        )
+        p.add_argument("--secret-file", default=None)
+        p.add_argument(
+            "--insecure", action="store_true", help="run without a secret (local experiments only)"
+        )
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 on a LAN)")
+        p.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")
+        p.add_argument("--seeds", default="", help="comma-separated host:port of nodes to join through")
+        p.add_argument("--no-mdns", action="store_true", help="no mDNS (seeds only)")
+        p.add_argument(
+            "--interface",
+            action="append",
+            default=None,
+            help="mDNS interface address (repeatable; 'all' for every one)",
+        )
+        p.add_argument(
+            "--no-share-cache", action="store_true", help="do not replicate cache entries to peers"
+        )
+
+    p = sub.add_parser("serve", help="run one node until Ctrl-C (serves tails, answers from its cache)")
+    common(p)
+    node_args(p)
+    p.add_argument(
+        "--threshold", type=float, default=None, help="cache distance threshold (from calibration)"
+    )
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--votes", type=int, default=1)
+    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "demo", help="3 nodes in 3 processes on loopback, the camera workload, a summary table"
+    )
+    common(p)
+    p.add_argument("--amount", type=float, default=0.75)
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--no-mdns", action="store_true", help="join by seeds only")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("bench", help="benchmarks (see README)")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     for name in BENCHES:
@@ -162,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "interface", "unset") is None:
+        args.interface = ["127.0.0.1"]
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

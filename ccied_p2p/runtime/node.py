@@ -368,12 +368,14 @@ class Node:
     async def _local_tail_run(self, act: np.ndarray[Any, Any]) -> tuple[list[int], list[float], float, float]:
         """Run the tail on the worker thread; returns labels, confidences, compute and queue seconds."""
         queued = time.perf_counter()
+        ahead = self._local_queue
         self._local_queue += 1
         try:
             labels, confs, tail_s = await self._run_compute(self._tail_sync, act)
         finally:
             self._local_queue -= 1
-        self._local_tail.update(tail_s / max(1, len(labels)))
+        # Service time as the event loop sees it (compute plus the hop to the worker thread), per job ahead.
+        self._local_tail.update((time.perf_counter() - queued) / (ahead + 1))
         self._served_rate.observe(self._now(), len(labels))
         return labels, confs, tail_s, time.perf_counter() - queued - tail_s
 
@@ -782,7 +784,7 @@ class Node:
                         await self._sync_caches()
             await self._send_all(self.membership.tick(now))
             self._drain_events()
-            deadline = min(self.membership.next_deadline, next_load)
+            deadline = min(self.membership.next_deadline(), next_load)
             await asyncio.sleep(min(max(deadline - self._now(), 0.005), 0.25))
 
     async def _sync_caches(self) -> None:

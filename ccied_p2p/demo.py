@@ -1,0 +1,202 @@
+"""``ccied-p2p serve`` and ``ccied-p2p demo``: one node until stopped, and a 3-process cluster on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ccied_p2p.datasets import Dataset
+from ccied_p2p.presets import CacheSettings, activations, calibrate
+from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+from ccied_p2p.split import SplitModel
+from ccied_p2p.workloads import camera_stream
+
+__all__ = ["demo", "render_demo", "serve_forever", "summarize"]
+
+READY = "READY"
+
+
+async def serve_forever(split: SplitModel, config: NodeConfig, settings: CacheSettings | None = None) -> None:
+    """Run one node until SIGINT or SIGTERM; print ``READY <address> <fingerprint>`` once it listens."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(split, config) as node:
+        if settings is not None:
+            settings.apply(node.cache)
+        sys.stdout.write(f"{READY} {node.address} {split.fingerprint}\n")
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def summarize(
+    results: Sequence[InferenceResult], reference: np.ndarray[Any, Any], truth: np.ndarray[Any, Any]
+) -> dict[str, Any]:
+    """The demo's table: hit rate, agreement with the uncached model, bytes, latency by source, sources."""
+    labels = np.array([r.label for r in results])
+    hits = np.array([r.source == "cache" for r in results])
+    transfers = [r for r in results if r.source.startswith("peer:")]
+    by_kind: dict[str, list[float]] = {}
+    for r in results:
+        kind = "peer" if r.source.startswith("peer:") else r.source
+        by_kind.setdefault(kind, []).append(r.latency * 1000)
+    return {
+        "requests": len(results),
+        "failed": 0,
+        "hit_rate": float(hits.mean()) if len(results) else 0.0,
+        "agreement": float((labels == reference).mean()) if len(results) else 0.0,
+        "hit_agreement": float((labels[hits] == reference[hits]).mean()) if hits.any() else None,
+        "accuracy": float((labels == truth).mean()) if len(results) else 0.0,
+        "accuracy_uncached": float((reference == truth).mean()) if len(results) else 0.0,
+        "bytes_per_transfer": statistics.mean(r.bytes_sent for r in transfers) if transfers else 0.0,
+        "raw_bytes_per_transfer": statistics.mean(r.bytes_raw for r in transfers) if transfers else 0.0,
+        "latency_ms": {
+            kind: {"n": len(v), "p50": _percentile(v, 50), "p95": _percentile(v, 95)}
+            for kind, v in by_kind.items()
+        },
+        "sources": dict(Counter(r.source for r in results)),
+    }
+
+
+def render_demo(out: dict[str, Any]) -> str:
+    lines = [
+        f"requests {out['requests']}  failed {out['failed']}  hit rate {out['hit_rate']:.3f}  "
+        f"agreement with the uncached model {out['agreement']:.4f} (hits: {out['hit_agreement']})",
+        f"accuracy {out['accuracy']:.4f} (uncached model {out['accuracy_uncached']:.4f})",
+        f"bytes per transfer {out['bytes_per_transfer']:.0f} vs raw fp32 {out['raw_bytes_per_transfer']:.0f}"
+        + (
+            f" ({out['raw_bytes_per_transfer'] / out['bytes_per_transfer']:.1f}x smaller)"
+            if out["bytes_per_transfer"]
+            else ""
+        ),
+        f"{'source':<10} {'n':>6} {'p50 ms':>8} {'p95 ms':>8}",
+    ]
+    for kind, row in sorted(out["latency_ms"].items()):
+        lines.append(f"{kind:<10} {row['n']:>6} {row['p50']:>8.3f} {row['p95']:>8.3f}")
+    lines.append("requests by source: " + ", ".join(f"{k} {v}" for k, v in sorted(out["sources"].items())))
+    return "\n".join(lines)
+
+
+async def _start_child(
+    args: list[str], env: dict[str, str], timeout: float = 300.0
+) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ccied_p2p.cli", *args, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError(f"node process {args} exited before it was ready")
+            if line.startswith(READY):
+                return proc, line.split()[1]
+
+
+async def _stop_child(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def demo(
+    split: SplitModel,
+    data: Dataset,
+    model: str,
+    amount: float,
+    requests: int = 1000,
+    concurrency: int = 4,
+    progress: bool = True,
+    mdns: bool = True,
+) -> dict[str, Any]:
+    """Three nodes in three processes on loopback; stream the camera workload from this one."""
+    settings, _ = calibrate(split, data)
+    secret = secrets.token_urlsafe(24)
+    env = {**os.environ, "CCIED_SECRET": secret}
+    stream = list(camera_stream(data.test_images, data.test_labels, requests, seed=1))
+    images = np.stack([it.image for it in stream])
+    truth = np.array([it.label for it in stream])
+    _, reference, _ = activations(split, data, images)
+    x = data.normalize(images)
+
+    config = NodeConfig(name="demo-a", secret=secret, mdns=mdns)
+    children: list[asyncio.subprocess.Process] = []
+    async with Node(split, config) as node:
+        settings.apply(node.cache)
+        try:
+            for name in ("demo-b", "demo-c"):
+                proc, _addr = await _start_child(
+                    [
+                        "serve",
+                        "--model",
+                        model,
+                        "--amount",
+                        str(amount),
+                        "--data",
+                        data.name,
+                        "--name",
+                        name,
+                        "--seeds",
+                        node.address,
+                        *settings.as_args(),
+                        *([] if mdns else ["--no-mdns"]),
+                    ],  # fmt: skip
+                    env,
+                )
+                children.append(proc)
+            async with asyncio.timeout(10):
+                while len(node.links) < 2:
+                    await asyncio.sleep(0.05)
+            results: list[InferenceResult] = []
+            bar = tqdm(total=requests, desc="demo", unit="req", disable=not progress, leave=False)
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> InferenceResult:
+                async with sem:
+                    r = await node.infer(x[i])
+                    bar.update()
+                    assert isinstance(r, InferenceResult)
+                    return r
+
+            start = time.perf_counter()
+            results = list(await asyncio.gather(*(one(i) for i in range(requests))))
+            elapsed = time.perf_counter() - start
+            bar.close()
+        finally:
+            for proc in children:
+                with contextlib.suppress(ProcessLookupError):
+                    await _stop_child(proc)
+    out = summarize(results, reference, truth)
+    out.update(
+        {
+            "model": model,
+            "dataset": data.name,
+            "amount": amount,
+            "requests_per_s": requests / elapsed,
+            "cache": {"threshold": settings.threshold, "k": settings.k, "votes": settings.votes},
+            "failed": node.counters.failed,
+        }
+    )
+    return out
