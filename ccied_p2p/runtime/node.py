@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import aiohttp
 import numpy as np
@@ -47,7 +47,7 @@ from ccied_p2p.codec.messages import (
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import AuthenticationError, CCIEDError, CodecError, ConfigError, RemoteError
-from ccied_p2p.gossip.membership import MemberEventKind, Membership, MembershipConfig
+from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind, Membership, MembershipConfig
 from ccied_p2p.presets import reducer_for
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, LinkClosedError, handshake
 from ccied_p2p.scheduler import (
@@ -62,7 +62,7 @@ from ccied_p2p.scheduler import (
 )
 from ccied_p2p.split import SplitModel
 
-__all__ = ["InferenceResult", "Node", "NodeConfig", "NodeStats"]
+__all__ = ["InferenceResult", "Node", "NodeConfig", "NodeObserver", "NodeStats"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
     advertise_host: str | None = None  # the address peers should dial (default: host, or this machine's)
+    advertise_port: int | None = None  # the port peers should dial (default: the bound port), e.g. a relay's
     seeds: Sequence[str] = ()  # "host:port" of nodes to join through (networks without multicast)
     mdns: bool = True
     mdns_interfaces: Sequence[str] = ("127.0.0.1",)  # ("all",) on a real LAN
@@ -133,6 +134,17 @@ class InferenceResult:
         return self.timings.get("total", math.nan)
 
 
+class NodeObserver(Protocol):
+    """Told about what a node does (metrics, dashboards); every method must return quickly and not raise."""
+
+    def on_result(self, node: Node, result: InferenceResult) -> None: ...
+    def on_failure(self, node: Node, error: BaseException) -> None: ...
+    def on_served(self, node: Node, count: int, tail_s: float) -> None: ...
+    def on_auth_failure(self, node: Node, peer: str, reason: str) -> None: ...
+    def on_member(self, node: Node, event: MemberEvent) -> None: ...
+    def on_gossip_round(self, node: Node) -> None: ...
+
+
 @dataclass
 class NodeStats:
     requests: int = 0
@@ -144,6 +156,7 @@ class NodeStats:
     served: int = 0
     serve_errors: int = 0
     auth_failures: int = 0
+    gossip_rounds: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self, result: InferenceResult, keep: int = 10_000) -> None:
@@ -189,6 +202,7 @@ class Node:
         self._wake = asyncio.Event()
         self._closing = False
         self._started_at = 0.0
+        self.observers: list[NodeObserver] = []
         self.membership: Membership
         self.cache: SemanticCache
 
@@ -245,12 +259,18 @@ class Node:
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1])
         self.host = cfg.advertise_host or (cfg.host if cfg.host not in ("0.0.0.0", "") else _local_ip())
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=2.0))
+        # Outbound connections leave from the bound address, so a relay or firewall can tell nodes apart.
+        local_addr = (cfg.host, 0) if cfg.host not in ("0.0.0.0", "") else None
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=local_addr),
+            timeout=aiohttp.ClientTimeout(total=None, connect=2.0),
+        )
+        self.advertised_port = cfg.advertise_port or self.port
         self.membership = Membership(
             self.node_id,
             name=cfg.name,
             host=self.host,
-            port=self.port,
+            port=self.advertised_port,
             fingerprint=self.split.fingerprint,
             config=cfg.membership,
             rng=int.from_bytes(self.node_id[:8], "little"),
@@ -276,7 +296,7 @@ class Node:
                     node_id=self.node_id,
                     name=cfg.name,
                     fingerprint=self.split.fingerprint,
-                    port=self.port,
+                    port=self.advertised_port,
                     protocol=PROTOCOL_VERSION,
                     host=self.host,
                 ),
@@ -309,6 +329,13 @@ class Node:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self.links.clear()
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(self, *args)
+            except Exception:  # an observer must never break the node
+                log.exception("[%s] observer %r failed in %s", self.config.name, observer, method)
 
     # ------------------------------------------------------------------ views
 
@@ -413,6 +440,17 @@ class Node:
         raise ConfigError(f"expected an input shaped {expected} or (N, *{expected}), got {tuple(t.shape)}")
 
     async def _infer_one(self, x: torch.Tensor) -> InferenceResult:
+        try:
+            result = await self._infer_steps(x)
+        except Exception as exc:
+            self.counters.failed += 1
+            self._notify("on_failure", exc)
+            raise
+        self.counters.record(result)
+        self._notify("on_result", result)
+        return result
+
+    async def _infer_steps(self, x: torch.Tensor) -> InferenceResult:
         t0 = time.perf_counter()
         act, head_s = await self._run_compute(self._head_sync, x)
         timings: dict[str, float] = {"head": head_s}
@@ -429,16 +467,13 @@ class Node:
             timings["lookup"] = time.perf_counter() - t1
             if isinstance(found, Hit):
                 timings["total"] = time.perf_counter() - t0
-                result = InferenceResult(
+                return InferenceResult(
                     found.label, found.confidence, "cache", timings, 0, raw_bytes, found.distance
                 )
-                self.counters.record(result)
-                return result
         result = await self._run_tail(act, timings, t0, raw_bytes)
         if self.config.cache:
             with contextlib.suppress(CCIEDError):
                 self.cache.insert(act, result.label, result.confidence, fp, self._now())
-        self.counters.record(result)
         return result
 
     def _candidates(self, now: float) -> list[Candidate]:
@@ -535,6 +570,7 @@ class Node:
         else:
             labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation)
             self.counters.served += 1
+            self._notify("on_served", len(labels), tail_s)
             reply = InferResponse(
                 msg.request_id,
                 tuple(labels),
@@ -604,6 +640,7 @@ class Node:
             )
         except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
             self.counters.auth_failures += 1
+            self._notify("on_auth_failure", str(peername), str(exc))
             log.warning("[%s] rejected a connection from %s: %s", self.config.name, peername, exc)
             with contextlib.suppress(Exception):
                 await ws.send_bytes(encode_message(ErrorMessage(0, "auth", "authentication failed")))
@@ -763,6 +800,7 @@ class Node:
         for event in self.membership.drain_events():
             member = event.member
             log.info("[%s] member %s %s", self.config.name, member.name, event.kind.value)
+            self._notify("on_member", event)
             if event.kind in (MemberEventKind.JOINED, MemberEventKind.ALIVE):
                 self._ensure_link(member.node_id)
             elif event.kind in (MemberEventKind.DEAD, MemberEventKind.LEFT):
@@ -789,6 +827,8 @@ class Node:
                     if self.config.share_cache:
                         await self._sync_caches()
             await self._send_all(self.membership.tick(now))
+            self.counters.gossip_rounds += 1
+            self._notify("on_gossip_round")
             self._drain_events()
             deadline = min(self.membership.next_deadline(), next_load)
             await asyncio.sleep(min(max(deadline - self._now(), 0.005), 0.25))
