@@ -101,6 +101,7 @@ class NodeConfig:
     serve: bool = True  # False: refuse peers' tail requests
     limits: Limits = DEFAULT_LIMITS
     load_interval: float = 0.5  # how often this node republishes its load and cache summary
+    observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
 
     def validate(self) -> None:
         if not self.secret and not self.insecure:
@@ -249,6 +250,10 @@ class Node:
 
         app = web.Application()
         app.router.add_get(WS_PATH, self._handle_ws)
+        if cfg.observe:
+            from ccied_p2p.runtime.observe import install
+
+            install(app, self)
         self.app = app
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
