@@ -131,6 +131,7 @@ def _node_config(args: argparse.Namespace) -> Any:
         mdns=not args.no_mdns,
         mdns_interfaces=tuple(args.interface),
         share_cache=not args.no_share_cache,
+        max_batch=getattr(args, "max_batch", 32),
     )
 
 
@@ -246,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--votes", type=int, default=1)
     p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="most tail rows computed at once (1: no batching)"
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
