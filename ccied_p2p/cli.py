@@ -153,6 +153,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ccied_p2p.demo import render_demo, stream
+    from ccied_p2p.presets import calibrate, reference_parts
+
+    data = _data_and_threads(args)
+    split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=not args.json)
+    settings = None if args.no_calibrate else calibrate(split, data)[0]
+    out = asyncio.run(
+        stream(
+            split,
+            data,
+            _node_config(args),
+            workload=args.workload,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            settings=settings,
+            wait_peers=args.wait_peers,
+            progress=not args.json,
+        )
+    )
+    _emit(out, args.json, render_demo(out))
+    return 0 if out["failed"] == 0 else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -251,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=32, help="most tail rows computed at once (1: no batching)"
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "infer", help="join the cluster and stream a workload through this node; print a table"
+    )
+    common(p)
+    node_args(p)
+    p.add_argument("--workload", default="camera", choices=["camera", "control"])
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--wait-peers", type=int, default=0, help="wait until this many peers are connected")
+    p.add_argument("--no-calibrate", action="store_true", help="use the cache's default threshold")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser(
         "demo", help="3 nodes in 3 processes on loopback, the camera workload, a summary table"

@@ -23,7 +23,7 @@ from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import camera_stream
 
-__all__ = ["demo", "render_demo", "serve_forever", "summarize"]
+__all__ = ["demo", "render_demo", "serve_forever", "stream", "summarize"]
 
 READY = "READY"
 
@@ -198,5 +198,55 @@ async def demo(
             "cache": {"threshold": settings.threshold, "k": settings.k, "votes": settings.votes},
             "failed": node.counters.failed,
         }
+    )
+    return out
+
+
+async def stream(
+    split: SplitModel,
+    data: Dataset,
+    config: NodeConfig,
+    workload: str = "camera",
+    requests: int = 1000,
+    concurrency: int = 4,
+    settings: CacheSettings | None = None,
+    wait_peers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Join the cluster as one node and stream a workload through it (``ccied-p2p infer``)."""
+    from ccied_p2p.workloads import control_stream
+
+    if workload == "camera":
+        items = list(camera_stream(data.test_images, data.test_labels, requests, seed=1))
+    else:
+        items = list(control_stream(data.test_images, data.test_labels, seed=1, limit=requests))
+    images = np.stack([it.image for it in items])
+    truth = np.array([it.label for it in items])
+    _, reference, _ = activations(split, data, images)
+    x = data.normalize(images)
+    async with Node(split, config) as node:
+        if settings is not None:
+            settings.apply(node.cache)
+        async with asyncio.timeout(30):
+            while len(node.links) < wait_peers:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        bar = tqdm(total=len(items), desc=f"infer {workload}", unit="req", disable=not progress, leave=False)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> InferenceResult:
+            async with sem:
+                r = await node.infer(x[i])
+                bar.update()
+                assert isinstance(r, InferenceResult)
+                return r
+
+        start = time.perf_counter()
+        results = list(await asyncio.gather(*(one(i) for i in range(len(items)))))
+        elapsed = time.perf_counter() - start
+        bar.close()
+        failed = node.counters.failed
+    out = summarize(results, reference, truth)
+    out.update(
+        {"workload": workload, "dataset": data.name, "requests_per_s": len(items) / elapsed, "failed": failed}
     )
     return out
