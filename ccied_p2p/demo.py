@@ -166,11 +166,11 @@ async def demo(
                     env,
                 )
                 children.append(proc)
-            async with asyncio.timeout(10):
-                while len(node.links) < 2:  # noqa: ASYNC110 - links come and go; a poll is simplest here
-                    await asyncio.sleep(0.05)
+            await node.wait_for_peers(2, timeout=10)
             results: list[InferenceResult] = []
-            bar = tqdm(total=requests, desc="demo", unit="req", disable=not progress, leave=False)
+            bar = tqdm(
+                total=requests, desc="demo", unit="req", disable=None if progress else True, leave=False
+            )
             sem = asyncio.Semaphore(concurrency)
 
             async def one(i: int) -> InferenceResult:
@@ -227,10 +227,14 @@ async def stream(
     async with Node(split, config) as node:
         if settings is not None:
             settings.apply(node.cache)
-        async with asyncio.timeout(30):
-            while len(node.links) < wait_peers:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        bar = tqdm(total=len(items), desc=f"infer {workload}", unit="req", disable=not progress, leave=False)
+        await node.wait_for_peers(wait_peers, timeout=30)
+        bar = tqdm(
+            total=len(items),
+            desc=f"infer {workload}",
+            unit="req",
+            disable=None if progress else True,
+            leave=False,
+        )
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> InferenceResult:

@@ -207,7 +207,11 @@ def train(
     )
     model.train()
     bar = tqdm(
-        total=config.epochs * steps_per_epoch, desc=desc, disable=not progress, unit="batch", leave=False
+        total=config.epochs * steps_per_epoch,
+        desc=desc,
+        disable=None if progress else True,
+        unit="batch",
+        leave=False,
     )
     try:
         for _ in range(config.epochs):

@@ -80,8 +80,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             ) as asker,
             aiohttp.ClientSession() as session,
         ):
-            while not asker.links:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            await asker.wait_for_peers(1)
             asker._local_tail.value = 10.0  # make the local tail look slow: every request goes to the peer
             async with session.ws_connect(
                 f"http://127.0.0.1:{echo_port}/echo", max_msg_size=16 << 20

@@ -211,7 +211,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._discovery: Any = None
-        self._wake = asyncio.Event()
+        self._links_changed = asyncio.Event()
         self._closing = False
         self._started_at = 0.0
         self.observers: list[NodeObserver] = []
@@ -355,6 +355,13 @@ class Node:
                 getattr(observer, method)(self, *args)
             except Exception:  # an observer must never break the node
                 log.exception("[%s] observer %r failed in %s", self.config.name, observer, method)
+
+    async def wait_for_peers(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until this node holds authenticated links to at least ``count`` peers (TimeoutError after)."""
+        async with asyncio.timeout(timeout):
+            while len(self.links) < count:
+                self._links_changed.clear()
+                await self._links_changed.wait()
 
     # ------------------------------------------------------------------ views
 
@@ -736,6 +743,7 @@ class Node:
                 return
             await old.close()
         self.links[pid] = link
+        self._links_changed.set()
         member = MemberUpdate(
             pid,
             link.peer.name,
@@ -769,6 +777,7 @@ class Node:
         finally:
             if self.links.get(pid) is link:
                 del self.links[pid]
+                self._links_changed.set()
 
     def _peer_host(self, link: Link) -> str:
         transport = getattr(link.ws, "_req", None)

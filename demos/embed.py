@@ -1,0 +1,41 @@
+"""Embed a CCIED node in an asyncio application: two nodes in one process, talking over loopback.
+
+Run: python demos/embed.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from ccied_p2p import Node, NodeConfig, datasets
+from ccied_p2p.presets import calibrate, reference_parts
+
+
+async def main() -> None:
+    torch.set_num_threads(1)
+    data = datasets.load()  # the best data set present
+    split = reference_parts("lenet", data, amount=0.5)  # trained and pruned once, then cached
+    settings, _ = calibrate(split, data)  # a cache threshold with at most 1% false hits
+    secret = "correct horse battery staple"
+    async with Node(split, NodeConfig(name="edge-server", secret=secret, mdns=False)) as server:
+        config = NodeConfig(name="camera", secret=secret, mdns=False, seeds=[server.address])
+        async with Node(split, config) as camera:
+            settings.apply(camera.cache)
+            await camera.wait_for_peers(1)
+            for i in range(5):
+                result = await camera.infer(data.test_x[i])
+                assert not isinstance(result, list)
+                print(
+                    f"label {result.label} (true {int(data.test_y[i])}) from {result.source} "
+                    f"in {result.latency * 1000:.2f} ms"
+                )
+            again = await camera.infer(data.test_x[0])  # the same input again: answered by the cache
+            assert not isinstance(again, list)
+            print("again:", again.label, again.source)
+            print(camera.stats())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
