@@ -93,7 +93,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     assert isinstance(r, InferenceResult)
                     if not r.source.startswith("peer:"):
                         continue
-                    rtt = r.timings["total"] - r.timings["head"]
+                    rtt = r.timings["rtt"]  # from handing the request to the link to holding the answer
                     payload = b"\0" * r.bytes_sent
                     t0 = time.perf_counter()
                     await echo.send_bytes(payload)

@@ -103,6 +103,7 @@ class NodeConfig:
     limits: Limits = DEFAULT_LIMITS
     load_interval: float = 0.5  # how often this node republishes its load and cache summary
     max_batch: int = 32  # most rows the tail worker runs at once (1: no batching)
+    inline_tail_ms: float = 0.5  # tails shorter than this run on the event loop, not the worker thread
     observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
 
     def validate(self) -> None:
@@ -207,6 +208,7 @@ class Node:
         self._local_queue = 0
         self._tail_jobs: deque[_TailJob] = deque()
         self._tail_wake = asyncio.Event()
+        self._tail_compute = Ewma(alpha=0.2)  # seconds of pure compute per batch
         self._executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -455,7 +457,17 @@ class Node:
                 acts = batch[0].act if len(batch) == 1 else np.concatenate([j.act for j in batch])
                 start = time.perf_counter()
                 try:
-                    labels, confs, tail_s = await self._run_compute(self._tail_sync, acts)
+                    if (
+                        not jobs
+                        and len(acts) == 1
+                        and self._tail_compute.get(1.0) * 1000 < self.config.inline_tail_ms
+                    ):
+                        # A lone short tail costs less than the hop to the worker thread and back; under
+                        # load the thread wins, since the loop keeps moving bytes while it computes.
+                        labels, confs, tail_s = self._tail_sync(acts)
+                    else:
+                        labels, confs, tail_s = await self._run_compute(self._tail_sync, acts)
+                    self._tail_compute.update(tail_s)
                 except Exception as exc:
                     for j in batch:
                         if not j.future.done():
@@ -601,6 +613,7 @@ class Node:
             timings["tail"] = resp.timings.get("tail", 0.0)
             timings["decode"] = resp.timings.get("decode", 0.0)
             timings["transfer"] = max(0.0, rtt - encode_s - server)
+            timings["rtt"] = rtt
             timings["total"] = time.perf_counter() - t0
             est.success(timings["transfer"], sent, timings["transfer"])
             if not resp.labels:
