@@ -1,0 +1,172 @@
+"""Calibration honesty: what calibrate() promises on one stream must hold when serving another."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ccied_p2p.cache import Calibration, Hit, SemanticCache, _prior_neighbours
+from ccied_p2p.errors import ConfigError, LocalError
+
+FP = "c" * 16
+
+
+class World:
+    """A toy model over 16-d features: class centroids, items scattered around them, and a nearest-centroid
+    "model" whose prediction on a noisy capture of a borderline item flips, like a real one."""
+
+    def __init__(self, seed: int = 0, items: int = 2000, spread: float = 0.35) -> None:
+        rng = np.random.default_rng(seed)
+        self.centroids = rng.random((10, 16)).astype(np.float32)
+        cls = rng.integers(0, 10, items)
+        self.items = np.clip(self.centroids[cls] + rng.normal(0, spread, (items, 16)), 0, None).astype(
+            np.float32
+        )
+
+    def stream(
+        self, n: int, seed: int, pool: int = 300, noise: float = 0.05
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        members = rng.choice(len(self.items), pool, replace=False)
+        p = 1 / np.arange(1, pool + 1)
+        chosen = members[rng.choice(pool, n, p=p / p.sum())]
+        x = np.clip(self.items[chosen] + rng.normal(0, noise, (n, 16)), 0, None).astype(np.float32)
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cn = self.centroids / np.linalg.norm(self.centroids, axis=1, keepdims=True)
+        logits = 30 * xn @ cn.T
+        prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob /= prob.sum(axis=1, keepdims=True)
+        return x, prob.argmax(axis=1), prob.max(axis=1)
+
+
+def serve(cache: SemanticCache, x: np.ndarray, pred: np.ndarray, conf: np.ndarray) -> tuple[int, int]:
+    """Serve a stream as the runtime does: cached answer on a hit; the model on a miss or an audit."""
+    hits = bad = 0
+    for i, (f, p, c) in enumerate(zip(x, pred, conf, strict=True)):
+        r = cache.lookup(f, FP, float(i))
+        if isinstance(r, Hit) and not r.audit:
+            hits += 1
+            bad += r.label != p
+        elif isinstance(r, Hit):
+            cache.verify(f, r, int(p), float(c), FP, float(i))
+        else:
+            cache.insert(f, int(p), float(c), FP, float(i))
+    return hits, bad
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def test_replay_is_exactly_what_the_cache_does(world: World) -> None:
+    x, pred, conf = world.stream(2000, seed=1)
+    cache = SemanticCache(b"n", index="numpy")
+    cal = cache.calibrate(x, pred, 0.02, confidences=conf, min_confidences=[0.0, 0.9])
+    assert cal.hits > 0
+    assert cal.candidates > 100
+    assert (cache.threshold, cache.k, cache.votes, cache.min_confidence) == (
+        cal.threshold,
+        cal.k,
+        cal.votes,
+        cal.min_confidence,
+    )
+    assert serve(cache, x, pred, conf) == (cal.hits, cal.false_hits)
+    assert cal.false_hit_rate <= 0.02
+
+
+def test_shallow_neighbour_lists_fall_back_to_exact_search(world: World) -> None:
+    x, pred, _ = world.stream(1200, seed=2)
+    deep = SemanticCache(b"n").calibrate(x, pred, 0.05, depth=256, apply=False)
+    shallow = SemanticCache(b"n").calibrate(x, pred, 0.05, depth=3, apply=False)
+    assert deep == shallow
+
+
+def test_prior_neighbours_are_the_nearest_earlier_rows() -> None:
+    rng = np.random.default_rng(0)
+    f = rng.random((300, 8)).astype(np.float32)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    idx, dist, count = _prior_neighbours(f, depth=5, chunk=64)
+    for i in (0, 1, 4, 63, 64, 65, 299):
+        assert count[i] == min(i, 5)
+        if i == 0:
+            continue
+        d = 1 - f[:i] @ f[i]
+        assert np.all(idx[i, : count[i]] < i)
+        assert np.allclose(np.sort(d)[: count[i]], dist[i, : count[i]], atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.05])
+def test_false_hit_rate_holds_on_held_out_streams(world: World, budget: float) -> None:
+    """Calibrate on one camera (one pool of items), serve five others: the false-hit rate pooled over the
+    held-out streams stays near the budget and the cache still answers a good share of requests."""
+    x, pred, _ = world.stream(3000, seed=1)
+    cal = SemanticCache(b"n").calibrate(x, pred, budget, apply=False)
+    assert cal.false_hit_rate <= budget
+    hits = bad = total = 0
+    for seed in range(3, 8):
+        cache = SemanticCache(b"n", threshold=cal.threshold, k=cal.k, votes=cal.votes, index="numpy")
+        x2, p2, c2 = world.stream(3000, seed=seed)
+        h, b = serve(cache, x2, p2, c2)
+        hits, bad, total = hits + h, bad + b, total + len(p2)
+    assert hits / total > 0.2
+    assert bad / hits <= 1.5 * budget
+
+
+def test_confidence_bound_is_more_conservative(world: World) -> None:
+    x, pred, _ = world.stream(2000, seed=1)
+    point = SemanticCache(b"n").calibrate(x, pred, 0.02, apply=False)
+    bound = SemanticCache(b"n").calibrate(x, pred, 0.02, confidence=0.95, apply=False)
+    assert bound.false_hit_bound <= 0.02
+    assert bound.false_hit_bound >= bound.false_hit_rate
+    assert bound.hits <= point.hits
+
+
+def test_insert_gate_is_chosen_when_it_helps(world: World) -> None:
+    x, pred, conf = world.stream(2000, seed=1)
+    gated = SemanticCache(b"n").calibrate(x, pred, 0.002, confidences=conf, min_confidences=[0.0, 0.8, 0.95])
+    plain = SemanticCache(b"n").calibrate(x, pred, 0.002)
+    assert gated.hits >= plain.hits
+    assert gated.false_hit_rate <= 0.002
+
+
+def test_impossible_budget_disables_the_cache() -> None:
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.random((1, 8)).astype(np.float32), 50, axis=0) + rng.normal(0, 1e-3, (50, 8)).astype(
+        np.float32
+    )
+    labels = np.arange(50)  # the "model" answers differently on every capture of the same thing
+    cache = SemanticCache(b"n")
+    cal = cache.calibrate(x, labels, 0.0)
+    assert isinstance(cal, Calibration)
+    assert cal.threshold < 0
+    assert cal.hits == 0
+    cache.insert(x[0], 0, 0.9, FP, 0.0)
+    assert not isinstance(cache.lookup(x[0], FP, 0.0), Hit)
+
+
+def test_calibrate_checks_its_inputs() -> None:
+    x = np.random.default_rng(0).random((10, 4)).astype(np.float32)
+    c = SemanticCache(b"n")
+    with pytest.raises(LocalError):
+        c.calibrate(x, np.zeros(9, int))
+    with pytest.raises(LocalError):
+        c.calibrate(x[:0], np.zeros(0, int))
+    with pytest.raises(ConfigError):
+        c.calibrate(x, np.zeros(10, int), 1.5)
+    with pytest.raises(ConfigError):
+        c.calibrate(x, np.zeros(10, int), kv=[(2, 3)])
+    with pytest.raises(LocalError):
+        c.calibrate(x, np.zeros(10, int), min_confidences=[0.5])
+    with pytest.raises(LocalError):
+        c.calibrate(x, np.zeros(10, int), confidences=np.ones(3))
+
+
+def test_activations_are_reduced_before_calibration() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random((5, 4, 3, 3)).astype(np.float32)
+    acts = np.repeat(base, 20, axis=0) + rng.normal(0, 1e-3, (100, 4, 3, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(5), 20)
+    cal = SemanticCache(b"n").calibrate(acts, labels, 0.0, apply=False)
+    assert cal.hit_rate > 0.5
+    assert cal.false_hits == 0
