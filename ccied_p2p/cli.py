@@ -132,6 +132,7 @@ def _node_config(args: argparse.Namespace) -> Any:
         mdns_interfaces=tuple(args.interface),
         share_cache=not args.no_share_cache,
         max_batch=getattr(args, "max_batch", 32),
+        observe=not args.no_observe,
     )
 
 
@@ -212,6 +213,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccied-p2p", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log as text or JSON lines"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, model: bool = True) -> None:
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--no-share-cache", action="store_true", help="do not replicate cache entries to peers"
         )
+        p.add_argument(
+            "--no-observe", action="store_true", help="do not serve /status, /metrics, the dashboard"
+        )
 
     p = sub.add_parser("serve", help="run one node until Ctrl-C (serves tails, answers from its cache)")
     common(p)
@@ -300,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mdns", action="store_true", help="join by seeds only")
     p.set_defaults(func=_cmd_demo)
 
+    from ccied_p2p import observe_cli
+
+    p = sub.add_parser(
+        "status", help="ask the nodes found (mDNS on loopback, --nodes) for /status; print a table"
+    )
+    observe_cli.add_status_arguments(p)
+    p.set_defaults(func=observe_cli.status)
+    p = sub.add_parser("dashboard", help="print (or --open) the dashboard URL of a local node")
+    observe_cli.add_dashboard_arguments(p)
+    p.set_defaults(func=observe_cli.dashboard)
+
     p = sub.add_parser("bench", help="benchmarks (see README)")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     for name in BENCHES:
@@ -319,9 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "interface", "unset") is None:
         args.interface = ["127.0.0.1"]
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from ccied_p2p.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except CCIEDError as exc:

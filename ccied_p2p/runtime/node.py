@@ -49,6 +49,7 @@ from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import AuthenticationError, CCIEDError, CodecError, ConfigError, RemoteError
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind, Membership, MembershipConfig
+from ccied_p2p.logs import bind_node
 from ccied_p2p.presets import reducer_for
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, LinkClosedError, handshake
 from ccied_p2p.scheduler import (
@@ -154,6 +155,8 @@ class NodeObserver(Protocol):
     def on_auth_failure(self, node: Node, peer: str, reason: str) -> None: ...
     def on_member(self, node: Node, event: MemberEvent) -> None: ...
     def on_gossip_round(self, node: Node) -> None: ...
+    def on_link_opened(self, node: Node, link: Link) -> None: ...
+    def on_link_closed(self, node: Node, link: Link) -> None: ...
 
 
 @dataclass
@@ -247,6 +250,11 @@ class Node:
 
     async def start(self) -> None:
         """Bind the server, register with mDNS, dial the seeds and start gossiping."""
+        # Every task spawned from here inherits the node's name for its log records.
+        with bind_node(self.config.name):
+            await self._start()
+
+    async def _start(self) -> None:
         cfg = self.config
         self.node_id = secrets.token_bytes(16)
         self._started_at = time.monotonic()
@@ -515,7 +523,8 @@ class Node:
 
     async def _infer_one(self, x: torch.Tensor) -> InferenceResult:
         try:
-            result = await self._infer_steps(x)
+            with bind_node(self.config.name):
+                result = await self._infer_steps(x)
         except Exception as exc:
             self.counters.failed += 1
             self._notify("on_failure", exc)
@@ -757,6 +766,7 @@ class Node:
             await old.close()
         self.links[pid] = link
         self._links_changed.set()
+        self._notify("on_link_opened", link)
         member = MemberUpdate(
             pid,
             link.peer.name,
@@ -791,6 +801,7 @@ class Node:
             if self.links.get(pid) is link:
                 del self.links[pid]
                 self._links_changed.set()
+            self._notify("on_link_closed", link)
 
     def _peer_host(self, link: Link) -> str:
         transport = getattr(link.ws, "_req", None)
