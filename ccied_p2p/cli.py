@@ -119,6 +119,7 @@ def _secret(args: argparse.Namespace) -> str | None:
 
 
 def _node_config(args: argparse.Namespace) -> Any:
+    from ccied_p2p.gossip.membership import MembershipConfig
     from ccied_p2p.runtime.node import NodeConfig
 
     return NodeConfig(
@@ -133,6 +134,9 @@ def _node_config(args: argparse.Namespace) -> Any:
         share_cache=not args.no_share_cache,
         max_batch=getattr(args, "max_batch", 32),
         observe=not args.no_observe,
+        advertise_host=args.advertise_host,
+        advertise_port=args.advertise_port,
+        membership=MembershipConfig.quick() if args.membership == "quick" else MembershipConfig(),
     )
 
 
@@ -269,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--no-observe", action="store_true", help="do not serve /status, /metrics, the dashboard"
+        )
+        p.add_argument(
+            "--advertise-host", default=None, help="address peers should dial (e.g. behind a relay)"
+        )
+        p.add_argument("--advertise-port", type=int, default=None, help="port peers should dial")
+        p.add_argument(
+            "--membership",
+            choices=["default", "quick"],
+            default="default",
+            help="SWIM timings (quick: tests)",
         )
 
     p = sub.add_parser("serve", help="run one node until Ctrl-C (serves tails, answers from its cache)")

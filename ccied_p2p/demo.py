@@ -37,7 +37,7 @@ async def serve_forever(split: SplitModel, config: NodeConfig, settings: CacheSe
     async with Node(split, config) as node:
         if settings is not None:
             settings.apply(node.cache)
-        sys.stdout.write(f"{READY} {node.address} {split.fingerprint}\n")
+        sys.stdout.write(f"{READY} {node.address} {split.fingerprint} {node.node_id.hex()}\n")
         sys.stdout.flush()
         await stop.wait()
 

@@ -11,6 +11,8 @@ import torch
 
 from ccied_p2p import datasets, models
 
+pytest_plugins = ["ccied_p2p.testing.pytest_plugin"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> Iterator[None]:

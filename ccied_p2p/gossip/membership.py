@@ -84,6 +84,9 @@ LEFT: Final = MemberState.LEFT
 _INF: Final = math.inf
 
 
+_MAX_INCARNATION: Final = (1 << 64) - 1  # incarnations travel as u64
+
+
 @dataclass(frozen=True, slots=True)
 class MembershipConfig:
     """Protocol timings and bounds; times in seconds. See the module docstring for why these defaults."""
@@ -611,6 +614,8 @@ class Membership:
             self._awareness = min(self._awareness + 1, self.config.max_awareness)
 
     def _refute(self, incarnation: int) -> None:
+        if incarnation >= _MAX_INCARNATION:
+            return  # a claim that cannot be outbid on the wire (u64) is ignored, not obeyed
         if incarnation >= self._me.incarnation:
             self._set_me(replace(self._me, incarnation=incarnation + 1))
 

@@ -47,7 +47,14 @@ from ccied_p2p.codec.messages import (
 )
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
 from ccied_p2p.codec.wire import encode_message
-from ccied_p2p.errors import AuthenticationError, CCIEDError, CodecError, ConfigError, RemoteError
+from ccied_p2p.errors import (
+    AuthenticationError,
+    CCIEDError,
+    CodecError,
+    ConfigError,
+    EncodeError,
+    RemoteError,
+)
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind, Membership, MembershipConfig
 from ccied_p2p.logs import bind_node
 from ccied_p2p.presets import reducer_for
@@ -331,12 +338,27 @@ class Node:
             await self._discovery.__aenter__()
             self._spawn(self._watch_discovery(), "mdns")
 
+    async def abort(self) -> None:
+        """Stop as a crash would (for fault tests): no Leave, sockets dropped, every task still awaited."""
+        if self._closing:
+            return
+        self._closing = True
+        for link in list(self.links.values()):
+            # aiohttp keeps the socket on both ends' WebSocketWriter; no public API drops it without a close.
+            transport = getattr(getattr(link.ws, "_writer", None), "transport", None)
+            if transport is not None:
+                transport.abort()
+        await self._shutdown(leave=False)
+
     async def close(self) -> None:
         """Tell peers we leave, unregister mDNS, close links, stop every task; idempotent."""
         if self._closing:
             return
         self._closing = True
-        if hasattr(self, "membership"):
+        await self._shutdown(leave=True)
+
+    async def _shutdown(self, leave: bool) -> None:
+        if leave and hasattr(self, "membership"):
             with contextlib.suppress(Exception):
                 await self._send_all(self.membership.leave(self._now()))
         if self._discovery is not None:
@@ -858,7 +880,9 @@ class Node:
         if node_id in self.links or node_id in self._dialing or self._closing:
             return
         member = self.membership.get(node_id)
-        if member is None or member.state in (MemberState.DEAD, MemberState.LEFT) or not member.port:
+        # Dead members are dialled too: that is how a healed partition reconnects (membership rate-limits
+        # its messages to the dead to one per sync period).
+        if member is None or member.state is MemberState.LEFT or not member.port:
             return
 
         async def dial() -> None:
@@ -881,13 +905,27 @@ class Node:
                     box.append(msg)
                 self._ensure_link(dest)
                 continue
-            with contextlib.suppress(LinkClosedError):
+            try:
                 await link.send(msg)
+            except LinkClosedError:
+                pass
+            except EncodeError as exc:  # one unencodable message must never stop the ticker
+                log.error(
+                    "[%s] dropped a %s to %s: %s", self.config.name, type(msg).__name__, link.peer.name, exc
+                )
 
     def _drain_events(self) -> None:
         for event in self.membership.drain_events():
             member = event.member
-            log.info("[%s] member %s %s", self.config.name, member.name, event.kind.value)
+            level = logging.DEBUG if event.kind is MemberEventKind.UPDATED else logging.INFO
+            log.log(
+                level,
+                "[%s] member %s %s %s",
+                self.config.name,
+                member.name,
+                member.node_id.hex()[:12],
+                event.kind.value,
+            )
             self._notify("on_member", event)
             if event.kind in (MemberEventKind.JOINED, MemberEventKind.ALIVE):
                 self._ensure_link(member.node_id)

@@ -196,6 +196,8 @@ class Link:
                 raise RequestTimeoutError(f"{self.peer.name} did not answer within {timeout:.3f} s") from exc
             finally:
                 self._pending.pop(request_id, None)
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # mark it retrieved: the caller got the error another way
 
     def _fail(self, exc: BaseException) -> None:
         for fut in self._pending.values():
