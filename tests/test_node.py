@@ -261,3 +261,15 @@ async def test_thousand_requests_and_a_sigkill_midstream(split: SplitModel, data
         for p in procs:
             if p.returncode is None:
                 await _stop(p)
+
+
+async def test_leaving_withdraws_the_mdns_record(split: SplitModel) -> None:
+    from ccied_p2p.runtime.discovery import browse_once
+
+    async with Node(split, NodeConfig(name="announced", secret=SECRET, mdns=True)) as node:
+        node_id = node.node_id
+        seen = await browse_once(1.5)
+        assert node_id in {p.node_id for p in seen}
+    after = await browse_once(1.5)
+    assert node_id not in {p.node_id for p in after}
+    assert not _other_tasks() or all(not name.startswith("ccied:announced") for name in _other_tasks())
