@@ -332,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     observe_cli.add_dashboard_arguments(p)
     p.set_defaults(func=observe_cli.dashboard)
 
+    from ccied_p2p import plan_cli
+
+    p = sub.add_parser("plan", help="recommend the split point and pruning amount for a link and hit rate")
+    plan_cli.add_arguments(p)
+    p.set_defaults(func=plan_cli.plan)
+
     p = sub.add_parser("bench", help="benchmarks (see README)")
     bench_sub = p.add_subparsers(dest="bench", required=True)
     for name in BENCHES:

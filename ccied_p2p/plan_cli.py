@@ -1,0 +1,199 @@
+"""``ccied-p2p plan``: measure a reference model and recommend where to cut and how much to prune.
+
+What is measured here: the per-layer profile (one thread), the wire size of each candidate cut's activation
+(dense float32 and sparse-f16-lz4, on test images), and, at the default cut, the pruned models already trained
+(their wire size and accuracy drop on test images). At the other cuts the pruned sizes are extrapolated from the
+default cut's ratios and flagged ``measured: false``. The hit rate is the cache calibration's (on a camera
+stream of its own seed) unless ``--hit-rate`` is given. The planner itself is :mod:`ccied_p2p.planner`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+__all__ = ["add_arguments", "cached_amounts", "measure", "plan", "render"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vgg", choices=["lenet", "vgg"])
+    parser.add_argument("--data", default=None, help="data set (default: the best one present)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--mbit", type=float, default=10.0, help="link rate, Mbit/s")
+    parser.add_argument("--rtt-ms", type=float, default=20.0, help="link round trip, ms")
+    parser.add_argument("--hit-rate", type=float, default=None, help="cache hit rate (default: calibrate)")
+    parser.add_argument("--max-drop-pp", type=float, default=1.0, help="largest accuracy drop allowed (pp)")
+    parser.add_argument("--slowdown", type=float, default=1.0, help="how much slower the asking device is")
+    parser.add_argument("--repeats", type=int, default=20, help="profile repeats per layer")
+    parser.add_argument("--top", type=int, default=10, help="plans to show")
+
+
+def cached_amounts(model: str, data: Any, amounts: Sequence[float]) -> list[float]:
+    """The pruning amounts whose fine-tuned weights are already on disk (never trains; 0 is always there)."""
+    from ccied_p2p import models
+
+    out = []
+    try:
+        base = models.reference_split(model, data, amount=0, progress=False)
+        for amount in amounts:
+            payload = {
+                "model": model,
+                "data": models._data_digest(data),
+                "base": base.fingerprint,
+                "amount": amount,
+                "finetune_epochs": 2,
+                "seed": 0,
+                "activation_l1": 1.0,
+                "recipe": 1,
+            }
+            if amount == 0 or models._weights_path(f"{model}-pruned", payload).is_file():
+                out.append(amount)
+    except (AttributeError, TypeError):  # the weight cache's layout changed: only what is certain
+        return [a for a in amounts if a == 0]
+    return out
+
+
+def _wire(acts: Any, encoding: str) -> float:
+    import numpy as np
+
+    from ccied_p2p.codec.tensor import encode_tensor
+
+    return float(np.mean([len(encode_tensor(acts[i : i + 1], encoding)) for i in range(len(acts))]))
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Profile, wire sizes, pruned options and hit rate for ``args.model``; then plan."""
+    import numpy as np
+    import torch
+
+    from ccied_p2p import datasets, models
+    from ccied_p2p.planner import Link, PruneOption
+    from ccied_p2p.planner import plan as make_plan
+    from ccied_p2p.presets import calibrate
+    from ccied_p2p.split import SplitModel
+
+    torch.set_num_threads(1)
+    data = datasets.load(args.data)
+    model = args.model
+    net = models.reference(model, data, progress=False)
+    default = models.DEFAULT_SPLIT[model]
+    x = data.test_x[:200]
+    base = SplitModel.from_module(net, split_at=default, example_input=data.test_x[:1], name=model)
+    profile = base.profile(repeats=args.repeats)
+    n_eval = 2000
+    y = data.test_y[:n_eval].numpy()
+
+    def accuracy(split: SplitModel) -> float:
+        with torch.inference_mode():
+            out = torch.cat([split(data.test_x[i : i + 500]) for i in range(0, n_eval, 500)])
+        return float(np.mean(out.argmax(1).numpy() == y))
+
+    acc0 = accuracy(base)
+    cuts: dict[str, dict[str, float]] = {}
+    for cut in models.SPLIT_POINTS[model]:
+        split = base if cut == default else SplitModel.from_module(net, cut, data.test_x[:1], name=model)
+        with torch.inference_mode():
+            acts = split.head(x).numpy()
+        raw = float(split.activation_bytes)
+        cuts[cut] = {
+            "raw_bytes": raw,
+            "dense": _wire(acts, "dense-f32") / raw,
+            "sparse": _wire(acts, "sparse-f16-lz4") / raw,
+        }
+    pruned_rows = []
+    hit_rate = args.hit_rate
+    for amount in cached_amounts(model, data, (0.5, 0.75, 0.9)):
+        if amount == 0:
+            continue
+        pruned = models.reference_split(model, data, amount=amount, progress=False)
+        with torch.inference_mode():
+            acts = pruned.head(x).numpy()
+        drop = 100.0 * (acc0 - accuracy(pruned))
+        pruned_rows.append(
+            {
+                "amount": amount,
+                "ratio": _wire(acts, "sparse-f16-lz4") / cuts[default]["raw_bytes"],
+                "drop_pp": drop,
+            }
+        )
+        if hit_rate is None and amount == 0.75:
+            hit_rate = calibrate(pruned, data, requests=1000)[1].hit_rate
+    if hit_rate is None:
+        hit_rate = 0.0
+    options: dict[str, list[PruneOption]] = {}
+    for cut, c in cuts.items():
+        opts = [
+            PruneOption(0.0, c["dense"], 0.0, True, "dense-f32"),
+            PruneOption(0.0, c["sparse"], 0.0, True, "sparse-f16-lz4"),
+        ]
+        for row in pruned_rows:
+            scale = c["sparse"] / cuts[default]["sparse"]
+            opts.append(
+                PruneOption(
+                    row["amount"],
+                    row["ratio"] * (1.0 if cut == default else scale),
+                    max(row["drop_pp"], 0.0),
+                    cut == default,
+                )
+            )
+        options[cut] = opts
+    with torch.inference_mode():
+        inp = data.test_x[:200].numpy()
+    input_wire = _wire(inp, "dense-f16-lz4")
+    link = Link.mbit(args.mbit, args.rtt_ms)
+    plans = make_plan(
+        profile,
+        link,
+        hit_rate,
+        options,
+        max_drop_pp=args.max_drop_pp,
+        input_wire_bytes=input_wire,
+        slowdown=args.slowdown,
+    )
+    return {
+        "model": model,
+        "dataset": data.name,
+        "link": {"mbit": args.mbit, "rtt_ms": args.rtt_ms},
+        "hit_rate": hit_rate,
+        "slowdown": args.slowdown,
+        "max_drop_pp": args.max_drop_pp,
+        "accuracy_unpruned": acc0,
+        "cuts": cuts,
+        "pruned": pruned_rows,
+        "input_wire_bytes": input_wire,
+        "recommendation": asdict(plans[0]) | {"label": plans[0].label},
+        "best_split": next((asdict(p) | {"label": p.label} for p in plans if p.kind == "split"), None),
+        "plans": [asdict(p) | {"label": p.label} for p in plans[: max(1, args.top)]],
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    r = result
+    lines = [
+        f"{r['model']} on {r['dataset']}, {r['link']['mbit']:g} Mbit/s, {r['link']['rtt_ms']:g} ms RTT, hit rate "
+        f"{r['hit_rate']:.2f}, device slowdown {r['slowdown']:g}, accuracy drop <= {r['max_drop_pp']:g} pp",
+        f"{'plan (~ extrapolated)':<60} {'expected ms':>11} {'head':>6} {'xfer':>6} {'tail':>6} {'wire B':>7} {'drop pp':>7}",
+    ]
+    for p in r["plans"]:
+        mark = "" if p["measured"] else "~"
+        lines.append(
+            f"{(mark + p['label'])[:60]:<60} {p['expected_ms']:>11.2f} {p['head_ms']:>6.2f} "
+            f"{p['transfer_ms']:>6.2f} {p['tail_ms']:>6.2f} {p['wire_bytes']:>7.0f} {p['accuracy_drop_pp']:>7.2f}"
+        )
+    lines.append(f"recommended: {r['recommendation']['label']} ({r['recommendation']['expected_ms']:.2f} ms)")
+    if r["best_split"] is not None:
+        lines.append(f"best split:  {r['best_split']['label']} ({r['best_split']['expected_ms']:.2f} ms)")
+    return "\n".join(lines)
+
+
+def plan(args: argparse.Namespace) -> int:
+    """The ``ccied-p2p plan`` command: print the ranked plans (a table, or JSON with ``--json``)."""
+    result = measure(args)
+    text = json.dumps(result, indent=2, default=str) if args.json else render(result)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return 0
