@@ -25,19 +25,22 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
     sys.stdout.flush()
 
 
-def _data_and_threads(args: argparse.Namespace) -> Any:
+def _data_and_threads(args: argparse.Namespace, threads: int | None = 1) -> Any:
+    """The data set asked for; torch on ``threads`` threads (one per node process, see DESIGN.md)."""
     import torch
 
     from ccied_p2p import datasets
 
-    torch.set_num_threads(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return datasets.load(args.data)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ccied_p2p import models
 
-    data = _data_and_threads(args)
+    # Training is the one job that runs alone: let torch use every core (``--threads`` to pin it).
+    data = _data_and_threads(args, threads=args.threads)
     rows = []
     for name in args.models:
         models.reference(
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="ignore cached weights")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, every core)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("profile", help="per-layer latency, shapes, bytes, parameters and MACs of a split")
