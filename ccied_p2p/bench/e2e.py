@@ -642,7 +642,9 @@ def _threshold_sweep(parts: Parts, stream: Stream, points: int = 13) -> list[dic
     base = parts.settings.threshold
     out = []
     for t in np.geomspace(base / 8, base * 8, points):
-        cache = SemanticCache(b"sweep", reducer=reducer_for(parts.pruned.activation_shape))
+        cache = SemanticCache(
+            b"sweep", reducer=reducer_for(parts.pruned.activation_shape, parts.pruned.channel_mask)
+        )
         parts.settings.apply(cache)
         cache.threshold = float(t)
         hits = false = 0
@@ -716,7 +718,9 @@ def _offline(parts: Parts, data: Any, camera_n: int, control_n: int) -> dict[str
             )
         conf, pl = probs.max(1)
         pruned = pl.numpy()
-        cache = SemanticCache(b"offline", reducer=reducer_for(parts.pruned.activation_shape))
+        cache = SemanticCache(
+            b"offline", reducer=reducer_for(parts.pruned.activation_shape, parts.pruned.channel_mask)
+        )
         parts.settings.apply(cache)
         answers = np.empty(len(x), dtype=np.int64)
         hits = 0

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ccied_p2p.cache import GlobalAvgPool, GridPool
+from ccied_p2p.presets import reducer_for
+
+
+def test_grid_follows_the_shape_and_the_mask_only_shortens_the_key() -> None:
+    rng = np.random.default_rng(0)
+    act = rng.random((4, 64, 7, 7)).astype(np.float32)
+    act[:, 16:] = 0.0  # 75% of the channels pruned
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:16] = True
+    full, live = reducer_for((64, 7, 7)), reducer_for((64, 7, 7), mask)
+    assert isinstance(full, GridPool)
+    assert isinstance(live, GridPool)
+    a, b = full(act), live(act)
+    assert a.shape == (4, 256)
+    assert b.shape == (4, 64)
+    np.testing.assert_allclose(a @ a.T, b @ b.T, atol=1e-5)  # same cosine geometry: one threshold fits both
+
+
+def test_narrow_splits_get_a_finer_grid() -> None:
+    r = reducer_for((6, 14, 14))
+    assert isinstance(r, GridPool)
+    assert r.grid == 4
+    assert isinstance(reducer_for((1280,)), GlobalAvgPool)
+    assert isinstance(reducer_for((512, 7, 7)), GlobalAvgPool)
