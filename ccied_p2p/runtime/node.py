@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -428,7 +429,7 @@ class Node:
             "auth_failures": s.auth_failures,
             "bytes_sent": s.bytes_sent,
             "bytes_raw": s.bytes_raw,
-            "cache": None if cstats is None else vars(cstats) if hasattr(cstats, "__dict__") else str(cstats),
+            "cache": None if cstats is None else dataclasses.asdict(cstats),
             "peers": {name: m.state.value for name, m in self.peers.items()},
             "links": len(self.links),
         }
@@ -704,7 +705,7 @@ class Node:
         if isinstance(msg, InferRequest):
             self._spawn(self._serve(link, msg, decode_s), "serve")
         elif isinstance(msg, _MEMBERSHIP_TYPES):
-            if msg.__class__ is Gossip or isinstance(msg, Ping | Ack | PingReq):
+            if not isinstance(msg, Leave):
                 self._note_loads(msg)
             await self._send_all(self.membership.receive(link.node_id, msg, self._now()))
             self._drain_events()
