@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ccied_p2p.datasets import Dataset
@@ -23,7 +24,15 @@ from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import camera_stream
 
-__all__ = ["demo", "render_demo", "serve_forever", "stream", "summarize"]
+__all__ = [
+    "demo",
+    "render_demo",
+    "serve_forever",
+    "start_serve_process",
+    "stop_serve_process",
+    "stream",
+    "summarize",
+]
 
 READY = "READY"
 
@@ -94,9 +103,10 @@ def render_demo(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _start_child(
-    args: list[str], env: dict[str, str], timeout: float = 300.0
+async def start_serve_process(
+    args: Sequence[str], env: dict[str, str], timeout: float = 300.0
 ) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``ccied-p2p <args>`` (a ``serve``) and wait for its READY line; returns it and its address."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ccied_p2p.cli", *args, stdout=asyncio.subprocess.PIPE, env=env
     )
@@ -110,7 +120,8 @@ async def _start_child(
                 return proc, line.split()[1]
 
 
-async def _stop_child(proc: asyncio.subprocess.Process) -> None:
+async def stop_serve_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the node leaves gracefully), then SIGKILL after 10 s."""
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -119,6 +130,28 @@ async def _stop_child(proc: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def _drive(
+    node: Node, x: torch.Tensor, concurrency: int, desc: str, progress: bool
+) -> tuple[list[InferenceResult], float]:
+    """Infer every row of ``x`` through ``node`` with ``concurrency`` in flight; results and seconds taken."""
+    bar = tqdm(total=len(x), desc=desc, unit="req", disable=None if progress else True, leave=False)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> InferenceResult:
+        async with sem:
+            r = await node.infer(x[i])
+            bar.update()
+            assert isinstance(r, InferenceResult)
+            return r
+
+    start = time.perf_counter()
+    try:
+        results = list(await asyncio.gather(*(one(i) for i in range(len(x)))))
+    finally:
+        bar.close()
+    return results, time.perf_counter() - start
 
 
 async def demo(
@@ -147,7 +180,7 @@ async def demo(
         settings.apply(node.cache)
         try:
             for name in ("demo-b", "demo-c"):
-                proc, _addr = await _start_child(
+                proc, _addr = await start_serve_process(
                     [
                         "serve",
                         "--model",
@@ -167,27 +200,11 @@ async def demo(
                 )
                 children.append(proc)
             await node.wait_for_peers(2, timeout=10)
-            results: list[InferenceResult] = []
-            bar = tqdm(
-                total=requests, desc="demo", unit="req", disable=None if progress else True, leave=False
-            )
-            sem = asyncio.Semaphore(concurrency)
-
-            async def one(i: int) -> InferenceResult:
-                async with sem:
-                    r = await node.infer(x[i])
-                    bar.update()
-                    assert isinstance(r, InferenceResult)
-                    return r
-
-            start = time.perf_counter()
-            results = list(await asyncio.gather(*(one(i) for i in range(requests))))
-            elapsed = time.perf_counter() - start
-            bar.close()
+            results, elapsed = await _drive(node, x, concurrency, "demo", progress)
         finally:
             for proc in children:
                 with contextlib.suppress(ProcessLookupError):
-                    await _stop_child(proc)
+                    await stop_serve_process(proc)
     out = summarize(results, reference, truth)
     out.update(
         {
@@ -228,26 +245,7 @@ async def stream(
         if settings is not None:
             settings.apply(node.cache)
         await node.wait_for_peers(wait_peers, timeout=30)
-        bar = tqdm(
-            total=len(items),
-            desc=f"infer {workload}",
-            unit="req",
-            disable=None if progress else True,
-            leave=False,
-        )
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> InferenceResult:
-            async with sem:
-                r = await node.infer(x[i])
-                bar.update()
-                assert isinstance(r, InferenceResult)
-                return r
-
-        start = time.perf_counter()
-        results = list(await asyncio.gather(*(one(i) for i in range(len(items)))))
-        elapsed = time.perf_counter() - start
-        bar.close()
+        results, elapsed = await _drive(node, x, concurrency, f"infer {workload}", progress)
         failed = node.counters.failed
     out = summarize(results, reference, truth)
     out.update(

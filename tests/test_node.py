@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import torch
 from ccied_p2p import datasets
 from ccied_p2p.codec.messages import Hello
 from ccied_p2p.codec.wire import encode_message
+from ccied_p2p.demo import start_serve_process, stop_serve_process
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.presets import calibrate, reference_parts
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
@@ -174,26 +174,8 @@ async def test_graceful_leave_is_seen_by_peers(split: SplitModel) -> None:
 
 
 async def _spawn_serve(name: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    env = {**os.environ, "CCIED_SECRET": SECRET}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ccied_p2p.cli", "serve", "--model", "lenet", "--data", "mnist-5k",
-        "--amount", "0.5", "--name", name, *extra,
-        stdout=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(240):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            assert line, f"{name} exited early"
-            if line.startswith("READY"):
-                return proc, line.split()[1]
-
-
-async def _stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-        async with asyncio.timeout(15):
-            await proc.wait()
+    args = ["serve", "--model", "lenet", "--data", "mnist-5k", "--amount", "0.5", "--name", name, *extra]
+    return await start_serve_process(args, {**os.environ, "CCIED_SECRET": SECRET}, timeout=240)
 
 
 @pytest.mark.slow
@@ -211,7 +193,7 @@ async def test_three_processes_find_each_other(split: SplitModel, mdns: bool) ->
             await _until(lambda: all(m.state.value == "alive" for m in node.peers.values()), 3.0)
     finally:
         for p in procs:
-            await _stop(p)
+            await stop_serve_process(p)
 
 
 @pytest.mark.slow
@@ -260,7 +242,7 @@ async def test_thousand_requests_and_a_sigkill_midstream(split: SplitModel, data
     finally:
         for p in procs:
             if p.returncode is None:
-                await _stop(p)
+                await stop_serve_process(p)
 
 
 async def test_leaving_withdraws_the_mdns_record(split: SplitModel) -> None:

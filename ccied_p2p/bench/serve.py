@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -58,20 +56,14 @@ async def _client(address: str, secret: str, fingerprint: str, split_at: str) ->
 async def _start_server(
     args: argparse.Namespace, model: str, max_batch: int, data_name: str, secret: str
 ) -> tuple[asyncio.subprocess.Process, str]:
-    env = {**os.environ, "CCIED_SECRET": secret}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ccied_p2p.cli", "serve", "--model", model, "--data", data_name,
-        "--amount", str(args.amount), "--no-mdns", "--max-batch", str(max_batch), "--name", f"bench-{max_batch}",
-        stdout=asyncio.subprocess.PIPE, env=env,
+    from ccied_p2p.demo import start_serve_process
+
+    return await start_serve_process(
+        ["serve", "--model", model, "--data", data_name, "--amount", str(args.amount), "--no-mdns",
+         "--max-batch", str(max_batch), "--name", f"bench-{max_batch}"],
+        {**os.environ, "CCIED_SECRET": secret},
+        timeout=600,
     )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(600):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError("serve process exited early")
-            if line.startswith("READY"):
-                return proc, line.split()[1]
 
 
 async def _compare(
@@ -79,6 +71,7 @@ async def _compare(
 ) -> dict[str, float]:
     """Both servers up at once; low-load and saturation runs alternate between them, medians per server."""
     from ccied_p2p.codec.messages import InferRequest
+    from ccied_p2p.demo import stop_serve_process
 
     secret = "bench-serve-secret"
     procs: list[asyncio.subprocess.Process] = []
@@ -131,9 +124,7 @@ async def _compare(
         for session, _ in clients:
             await session.close()
         for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                await proc.wait()
+            await stop_serve_process(proc)
     return {
         "rps_batched": statistics.median(rps[0]),
         "rps_batch1": statistics.median(rps[1]),
