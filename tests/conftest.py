@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccied_p2p import datasets, models
+from ccied_p2p import datasets
+from ccied_p2p.presets import reference_parts
+from ccied_p2p.split import SplitModel
 
 pytest_plugins = ["ccied_p2p.testing.pytest_plugin"]
 
@@ -33,9 +35,16 @@ def mnist5k() -> datasets.Dataset:
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The user's weight cache, so reference models trained once are reused across runs."""
-    return models.cache_dir()
+def data() -> datasets.Dataset:
+    """MNIST-5k: real digits every install has; the data of the runtime tests."""
+    return datasets.load("mnist-5k")
+
+
+@pytest.fixture(scope="session")
+def split(data: datasets.Dataset) -> SplitModel:
+    """LeNet with half of its split layer pruned: small, trained once and cached on disk."""
+    torch.set_num_threads(1)
+    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from ccied_p2p import datasets
 from ccied_p2p.gossip.membership import MembershipConfig
-from ccied_p2p.presets import CacheSettings, calibrate, reference_parts
+from ccied_p2p.presets import CacheSettings, calibrate
 from ccied_p2p.runtime.node import InferenceResult
 from ccied_p2p.scheduler import Ewma
 from ccied_p2p.split import SplitModel
@@ -40,17 +39,6 @@ SEED = 7
 RATE = 70.0  # requests/s per asker: the run lasts REQUESTS / (2 * RATE) ~ 36 s
 RSS_GROWTH_BOUND_MB = 300  # in-process: the whole test process, after warm-up
 RSS_NODE_BOUND_MB = 500  # subprocess: each serving process's peak RSS (torch + model + cache)
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 @pytest.fixture(scope="module")

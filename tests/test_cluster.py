@@ -11,13 +11,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
 from ccied_p2p import datasets
 from ccied_p2p.codec.messages import MemberState
 from ccied_p2p.errors import ConfigError, LocalError
 from ccied_p2p.gossip.membership import MembershipConfig
-from ccied_p2p.presets import reference_parts
 from ccied_p2p.runtime.node import InferenceResult
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing import LinkSpec, LocalCluster
@@ -28,17 +26,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.network
 
 QUICK = MembershipConfig.quick()
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 def _open_fds() -> int:

@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from ccied_p2p import datasets
-from ccied_p2p.presets import reference_parts
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.split import SplitModel
 
@@ -55,17 +53,6 @@ def _skip_reason() -> str | None:
     except ImportError:
         return "the playwright package is not installed (pip install playwright; never `playwright install`)"
     return None
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 async def _until(cond: Any, timeout: float, what: str) -> None:

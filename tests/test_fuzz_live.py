@@ -21,7 +21,6 @@ from collections.abc import Callable
 import aiohttp
 import numpy as np
 import pytest
-import torch
 
 from ccied_p2p import datasets
 from ccied_p2p.codec.auth import Role, new_nonce
@@ -50,7 +49,6 @@ from ccied_p2p.codec.messages import (
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import HEADER_SIZE, decode_message, encode_message
 from ccied_p2p.errors import CodecError
-from ccied_p2p.presets import reference_parts
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
@@ -59,17 +57,6 @@ pytestmark = pytest.mark.network
 
 SECRET = "fuzz-secret-0123456789"
 SEED = 20_251_127
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 def _corpus(split: SplitModel, data: datasets.Dataset, target: bytes, feature_dim: int) -> list[Message]:

@@ -12,31 +12,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 import numpy as np
 import pytest
-import torch
 
 from ccied_p2p import datasets
 from ccied_p2p.codec.messages import Hello
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.demo import start_serve_process, stop_serve_process
 from ccied_p2p.errors import ConfigError
-from ccied_p2p.presets import calibrate, reference_parts
+from ccied_p2p.presets import calibrate
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import camera_stream
 
 SECRET = "test-secret-0123456789"
 pytestmark = pytest.mark.network
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 def _config(name: str, **kw: object) -> NodeConfig:

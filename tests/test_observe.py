@@ -25,30 +25,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from ccied_p2p import datasets
 from ccied_p2p.logs import NodeNameFilter, bind_node, node_name, setup_logging
 from ccied_p2p.observe_cli import collect, dashboard, render_status
-from ccied_p2p.presets import reference_parts
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.observe import OBSERVER_KEY, check_access, read_token
 from ccied_p2p.split import SplitModel
 
 SECRET = "test-secret-0123456789"
 pytestmark = pytest.mark.network
-
-
-@pytest.fixture(scope="module")
-def data() -> datasets.Dataset:
-    return datasets.load("mnist-5k")
-
-
-@pytest.fixture(scope="module")
-def split(data: datasets.Dataset) -> SplitModel:
-    torch.set_num_threads(1)
-    return reference_parts("lenet", data, amount=0.5, progress=False)
 
 
 def _config(name: str, **kw: Any) -> NodeConfig:
