@@ -139,6 +139,7 @@ def _node_config(args: argparse.Namespace) -> Any:
         observe=not args.no_observe,
         advertise_host=args.advertise_host,
         advertise_port=args.advertise_port,
+        local_tail_ms=args.local_tail_ms,
         membership=MembershipConfig.quick() if args.membership == "quick" else MembershipConfig(),
     )
 
@@ -282,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--advertise-host", default=None, help="address peers should dial (e.g. behind a relay)"
         )
         p.add_argument("--advertise-port", type=int, default=None, help="port peers should dial")
+        p.add_argument(
+            "--local-tail-ms",
+            type=float,
+            default=None,
+            help="what the scheduler assumes this device's own tail costs (default: measured); "
+            "large on a weak device, so that misses go to peers",
+        )
         p.add_argument(
             "--membership",
             choices=["default", "quick"],

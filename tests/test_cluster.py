@@ -111,7 +111,7 @@ async def test_restarted_node_gets_a_new_id_and_is_accepted(
             await cluster.wait_for(partial(operator.contains, links, new_id), 5, "a link to the new node")
         # The newcomer serves: a request offloaded to it is answered correctly.
         node0 = cluster.node(0)
-        node0._local_tail.value = 1.0  # its own tail looks slow: it offloads
+        node0.config.local_tail_ms = 1000.0  # its own tail looks slow: it offloads
         x = data.test_x[:8]
         want = split(x).argmax(1).tolist()
         node0.config.cache = False

@@ -188,7 +188,7 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
         ) as good,
     ):
         await _until(lambda: bool(good.links))
-        good._local_tail.value = 1.0  # the good peer's own tail looks slow: every request goes to srv
+        good.config.local_tail_ms = 1000.0  # the good peer's own tail looks slow: every request goes to srv
         x = data.test_x[:200]
         want = split(x).argmax(1).tolist()
         probe = srv.cache.features(split.head(x[:1]).numpy())
@@ -310,7 +310,7 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
             split, NodeConfig(name="late", secret=SECRET, mdns=False, seeds=[srv.address])
         ) as late:
             await _until(lambda: bool(late.links))
-            late._local_tail.value = 1.0
+            late.config.local_tail_ms = 1000.0
             results = await late.infer(x[:20], concurrency=4)
             assert isinstance(results, list)
             assert [r.label for r in results] == want[:20]

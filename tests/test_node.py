@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import time
@@ -58,6 +59,12 @@ async def test_refuses_to_start_without_a_secret(split: SplitModel) -> None:
         assert node.port > 0
 
 
+@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
+async def test_refuses_a_bad_local_tail_estimate(split: SplitModel, value: float) -> None:
+    with pytest.raises(ConfigError, match="local_tail_ms"):
+        Node(split, NodeConfig(name="x", mdns=False, insecure=True, local_tail_ms=value))
+
+
 async def test_two_nodes_answer_like_the_full_model(
     pair: tuple[Node, Node], split: SplitModel, data: datasets.Dataset
 ) -> None:
@@ -81,10 +88,10 @@ async def test_two_nodes_answer_like_the_full_model(
 async def test_forced_offload_sends_sparse_bytes(split: SplitModel, data: datasets.Dataset) -> None:
     async with (
         Node(split, _config("srv")) as srv,
-        Node(split, _config("dev", seeds=[srv.address], cache=False)) as dev,
+        # A device whose own tail is slow (as its config says): every request goes to the peer.
+        Node(split, _config("dev", seeds=[srv.address], cache=False, local_tail_ms=1000.0)) as dev,
     ):
         await _until(lambda: dev.links)
-        dev._local_tail.value = 1.0  # a device whose own tail looks slow: every request goes to the peer
         results = await dev.infer(data.test_x[:20], concurrency=1)
         assert isinstance(results, list)
         assert {r.source for r in results} == {"peer:srv"}

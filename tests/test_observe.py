@@ -104,7 +104,7 @@ async def test_status_and_metrics_count_what_was_sent(
     trio: tuple[Node, Node, Node], data: datasets.Dataset
 ) -> None:
     a, b, c = trio
-    a._local_tail.value = 1.0  # a slow device: every miss goes to a peer
+    a.config.local_tail_ms = 1000.0  # a slow device: every miss goes to a peer
     x = data.test_x[:12]
     first = await a.infer(x, concurrency=1)
     again = await a.infer(x, concurrency=1)  # the same inputs: answered by the cache

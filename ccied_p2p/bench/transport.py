@@ -81,7 +81,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             aiohttp.ClientSession() as session,
         ):
             await asker.wait_for_peers(1)
-            asker._local_tail.value = 10.0  # make the local tail look slow: every request goes to the peer
+            asker.config.local_tail_ms = (
+                10_000.0  # a device whose own tail is slow: every request goes to the peer
+            )
             async with session.ws_connect(
                 f"http://127.0.0.1:{echo_port}/echo", max_msg_size=16 << 20
             ) as echo:

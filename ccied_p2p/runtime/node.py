@@ -108,6 +108,9 @@ class NodeConfig:
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     policy: SchedulerPolicy = field(default_factory=SchedulerPolicy)
     offload: bool = True  # False: never send tails to peers (still serves them)
+    # What the scheduler assumes this device's own tail costs, in ms (None: measured). A large value makes a
+    # weak or battery-powered device offload whenever a peer answers; its own tail stays the fallback.
+    local_tail_ms: float | None = None
     serve: bool = True  # False: refuse peers' tail requests
     limits: Limits = DEFAULT_LIMITS
     load_interval: float = 0.5  # how often this node republishes its load and cache summary
@@ -127,6 +130,10 @@ class NodeConfig:
             raise ConfigError(f"port {self.port} out of range")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be > 0")
+        if self.local_tail_ms is not None and not (
+            self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
+        ):
+            raise ConfigError(f"local_tail_ms must be a finite number >= 0, got {self.local_tail_ms}")
 
 
 @dataclass(frozen=True)
@@ -592,7 +599,11 @@ class Node:
         local = Candidate(
             node_id=self.node_id,
             fingerprint=self.split.fingerprint,
-            tail_s=self._local_tail.get(0.001),
+            tail_s=(
+                self._local_tail.get(0.001)
+                if self.config.local_tail_ms is None
+                else self.config.local_tail_ms / 1000
+            ),
             local=True,
             name=self.config.name,
             queue_depth=self._local_queue,
