@@ -36,25 +36,7 @@ def cached_amounts(model: str, data: Any, amounts: Sequence[float]) -> list[floa
     """The pruning amounts whose fine-tuned weights are already on disk (never trains; 0 is always there)."""
     from ccied_p2p import models
 
-    out = []
-    try:
-        base = models.reference_split(model, data, amount=0, progress=False)
-        for amount in amounts:
-            payload = {
-                "model": model,
-                "data": models._data_digest(data),
-                "base": base.fingerprint,
-                "amount": amount,
-                "finetune_epochs": 2,
-                "seed": 0,
-                "activation_l1": 1.0,
-                "recipe": 1,
-            }
-            if amount == 0 or models._weights_path(f"{model}-pruned", payload).is_file():
-                out.append(amount)
-    except (AttributeError, TypeError):  # the weight cache's layout changed: only what is certain
-        return [a for a in amounts if a == 0]
-    return out
+    return [a for a in amounts if models.has_pruned_weights(model, data, a)]
 
 
 def _wire(acts: Any, encoding: str) -> float:

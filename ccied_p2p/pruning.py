@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
@@ -21,6 +22,9 @@ from torch.nn.utils import prune
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.errors import SplitError
 from ccied_p2p.split import SplitModel
+
+if TYPE_CHECKING:
+    from ccied_p2p.models import Augment
 
 __all__ = ["PruneReport", "find_split_layer", "prune_report", "prune_split_layer"]
 
@@ -98,12 +102,14 @@ def prune_split_layer(
     seed: int = 0,
     progress: bool = True,
     activation_l1: float = 0.0,
+    augment: Augment | None = None,
 ) -> SplitModel:
     """A new SplitModel whose split layer lost ``amount`` of its output channels (or weights, unstructured).
 
     With ``finetune`` the whole network is trained for ``epochs`` with the mask held, to recover accuracy;
     ``activation_l1`` adds that weight times the mean absolute split activation to the loss, which drives
-    more of the surviving channels' values to zero (sparser, smaller transfers). The input is not modified.
+    more of the surviving channels' values to zero (sparser, smaller transfers); ``augment`` is applied to
+    every fine-tuning batch (see :func:`ccied_p2p.models.camera_augment`). The input is not modified.
     """
     if not 0.0 <= amount < 1.0:
         raise SplitError(f"amount must be in [0, 1), got {amount}")
@@ -158,6 +164,7 @@ def prune_split_layer(
                 progress=progress,
                 desc=f"fine-tune {amount:.0%} pruned",
                 penalty=penalty if activation_l1 > 0 else None,
+                augment=augment,
             )
         finally:
             hook.remove()
