@@ -12,7 +12,7 @@ from ccied_p2p import models
 from ccied_p2p.cache import Calibration, FeatureReducer, GlobalAvgPool, GridPool, SemanticCache
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.split import SplitModel
-from ccied_p2p.workloads import CameraParams, camera_stream
+from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
 __all__ = ["CacheSettings", "activations", "calibrate", "reducer_for", "reference_parts"]
 
@@ -90,21 +90,32 @@ def calibrate(
     max_false_hit_rate: float = 0.01,
     params: CameraParams | None = None,
     streams: int = 3,
+    novel: int | None = None,
 ) -> tuple[CacheSettings, Calibration]:
     """Calibrate a cache for ``split`` on ``streams`` independent camera streams of ``requests`` requests in
-    all, with seeds of their own (never a measured stream's); the budget holds for the 95% upper bound."""
+    all, with seeds of their own (never a measured stream's), plus one stream of ``novel`` test images seen
+    once each, unperturbed (default: as many as one camera stream; 0: none); the budget holds for the 95%
+    upper bound.
+
+    The novel stream makes the budget hold where nothing repeats, too. Measured with bench e2e's offline
+    replay of the control stream (VGG pruned 75%, 10 000 test images once each): calibrated on camera
+    streams alone the cache answered 33% of them and cost 0.87 pp of accuracy; with the novel stream it
+    answered 35% and cost 0.70 pp (the camera stream: hit rate 0.73 -> 0.68, accuracy -0.27 -> -0.30 pp).
+    """
+    per_stream = max(1, requests // streams)
+    novel = per_stream if novel is None else novel
+    captures = [
+        collect(
+            camera_stream(data.test_images, data.test_labels, per_stream, params, seed=CALIBRATION_SEED + s)
+        )[1]
+        for s in range(streams)
+    ]
+    if novel > 0:
+        control = control_stream(data.test_images, data.test_labels, seed=CALIBRATION_SEED, limit=novel)
+        captures.append(collect(control)[1])
     acts, labels, confs = [], [], []
-    for s in range(streams):
-        items = list(
-            camera_stream(
-                data.test_images,
-                data.test_labels,
-                max(1, requests // streams),
-                params,
-                seed=CALIBRATION_SEED + s,
-            )
-        )
-        a, lab, c = activations(split, data, np.stack([it.image for it in items]))
+    for images in captures:
+        a, lab, c = activations(split, data, images)
         acts.append(a)
         labels.append(lab)
         confs.append(c)

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ccied_p2p import datasets
 from ccied_p2p.cache import GlobalAvgPool, GridPool
-from ccied_p2p.presets import reducer_for
+from ccied_p2p.presets import calibrate, reducer_for
+from ccied_p2p.split import SplitModel
 
 
 def test_grid_follows_the_shape_and_the_mask_only_shortens_the_key() -> None:
@@ -28,3 +30,12 @@ def test_narrow_splits_get_a_finer_grid() -> None:
     assert r.grid == 4
     assert isinstance(reducer_for((1280,)), GlobalAvgPool)
     assert isinstance(reducer_for((512, 7, 7)), GlobalAvgPool)
+
+
+def test_calibration_adds_a_stream_where_nothing_repeats(data: datasets.Dataset, split: SplitModel) -> None:
+    settings, cal = calibrate(split, data, requests=600, max_false_hit_rate=0.05)
+    assert cal.requests == 600 + 200  # three camera streams of 200, then 200 test images once each
+    assert cal.false_hit_bound <= 0.05
+    assert settings.threshold == cal.threshold
+    _, cameras_only = calibrate(split, data, requests=600, max_false_hit_rate=0.05, novel=0)
+    assert cameras_only.requests == 600
