@@ -174,13 +174,19 @@ def control_stream(
     labels: npt.NDArray[np.integer],
     seed: int | None = None,
     limit: int | None = None,
+    camera: CameraParams | None = None,
 ) -> Iterator[StreamItem]:
-    """Each image once, unperturbed (in order, or shuffled by ``seed``): the no-redundancy control."""
+    """Each image once, unperturbed (in order, or shuffled by ``seed``): the no-redundancy control.
+
+    With ``camera`` every image is captured once through that camera (noise drawn from ``seed``, or 0):
+    no redundancy still, but the inputs a camera would deliver.
+    """
     _check(images, labels)
-    order = np.arange(len(images)) if seed is None else np.random.default_rng(seed).permutation(len(images))
+    rng = np.random.default_rng(seed)
+    order = np.arange(len(images)) if seed is None else rng.permutation(len(images))
     for idx in order[:limit]:
         i = int(idx)
-        yield StreamItem(i, images[i], int(labels[i]))
+        yield StreamItem(i, images[i] if camera is None else perturb(images[i], camera, rng), int(labels[i]))
 
 
 def device_streams(

@@ -152,6 +152,19 @@ def test_control_stream_is_each_image_once_unperturbed() -> None:
     assert in_order.tolist() == list(range(10))
 
 
+def test_control_stream_through_a_camera_is_each_image_once_perturbed() -> None:
+    images, labels = _images(100)
+    idx, imgs, labs = collect(control_stream(images, labels, seed=4, camera=CameraParams()))
+    plain, _, _ = collect(control_stream(images, labels, seed=4))
+    assert idx.tolist() == plain.tolist()  # the same order as without the camera
+    assert np.array_equal(labs, labels[idx])
+    assert all(not np.array_equal(imgs[k], images[i]) for k, i in enumerate(idx))
+    again = collect(control_stream(images, labels, seed=4, camera=CameraParams()))[1]
+    assert np.array_equal(again, imgs)
+    other = collect(control_stream(images, labels, seed=5, camera=CameraParams()))
+    assert not np.array_equal(other[1][np.argsort(other[0])], imgs[np.argsort(idx)])
+
+
 def test_device_streams_are_non_iid_with_overlap() -> None:
     images, labels = _images(2000)
     params = CameraParams(pool_size=100)
