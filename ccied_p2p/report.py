@@ -211,7 +211,7 @@ def plot_thresholds(result: dict[str, Any], path: Path) -> bool:
         ax.plot(ts, [r["hit_rate"] for r in rows], marker="o", label="hit rate")
         ax.plot(ts, [r["false_hit_rate"] for r in rows], marker="s", label="false hits / hits")
         chosen = calib.get(model, {}).get("threshold")
-        if chosen:
+        if chosen is not None and chosen > 0:  # < 0: no threshold met the budget, the cache never answers
             ax.axvline(chosen, color="grey", linestyle=":", label="calibrated")
         ax.set_xscale("log")
         ax.set_ylim(0, 1)
@@ -346,6 +346,10 @@ def markdown(result: dict[str, Any], plots: dict[str, Path] | None = None) -> st
     if off:
         out += [
             "## Long streams replayed offline (same models and cache settings, no network)",
+            "",
+            "`camera`: requests from one camera (a pool of 500 test images, Zipf popularity, every capture "
+            "perturbed); `control`: test images once each, as stored; `captures`: test images once each, "
+            "through the camera.",
             "",
             "| model | stream | requests | local acc | split_pruned acc | ccied acc | ccied hit rate |",
             "|---|---|---:|---:|---:|---:|---:|",

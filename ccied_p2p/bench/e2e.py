@@ -213,6 +213,11 @@ async def _compute_cpu(node: Any) -> float:
     return value
 
 
+def _pp(fraction: float) -> str:
+    """A difference of two accuracies (0..1) in percentage points, signed, never "-0.0"."""
+    return f"{round(100 * fraction, 1) + 0.0:+.1f}"
+
+
 def _force_offload(node: Any) -> None:
     # The asker stands for a device too weak to run the tail: its own tail looks slow to the scheduler (as in
     # bench transport); it is still the fallback if no peer answers.
@@ -649,8 +654,11 @@ def _threshold_sweep(parts: Parts, stream: Stream, points: int = 13) -> list[dic
     acts_np = acts.numpy()
     ref = stream.pruned_reference
     base = parts.settings.threshold
+    # Around the calibrated threshold; if calibration found none within budget (threshold < 0), over the
+    # whole useful range of cosine distances.
+    grid = np.geomspace(base / 8, base * 8, points) if base > 0 else np.geomspace(1e-3, 0.5, points)
     out = []
-    for t in np.geomspace(base / 8, base * 8, points):
+    for t in grid:
         cache = SemanticCache(
             b"sweep", reducer=reducer_for(parts.pruned.activation_shape, parts.pruned.channel_mask)
         )
@@ -707,15 +715,26 @@ def _pruning_curve(model: str, data: Any, parts: Parts, n_eval: int) -> list[dic
 
 
 def _offline(parts: Parts, data: Any, camera_n: int, control_n: int) -> dict[str, Any]:
-    """Accuracy, agreement and hit rate on long streams replayed through a fresh cache (no network)."""
+    """Accuracy, agreement and hit rate on long streams replayed through a fresh cache (no network): camera
+    requests, the control images, and the control images each captured once through the camera."""
     from ccied_p2p.cache import Hit, SemanticCache
     from ccied_p2p.presets import reducer_for
-    from ccied_p2p.workloads import camera_stream, collect, control_stream
+    from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
     out: dict[str, Any] = {}
     for name, items in (
         ("camera", camera_stream(data.test_images, data.test_labels, camera_n, seed=STREAM_SEED + 100)),
         ("control", control_stream(data.test_images, data.test_labels, seed=STREAM_SEED, limit=control_n)),
+        (
+            "captures",
+            control_stream(
+                data.test_images,
+                data.test_labels,
+                seed=STREAM_SEED + 200,
+                limit=control_n,
+                camera=CameraParams(),
+            ),
+        ),
     ):
         _, images, labels = collect(items)
         x = data.normalize(images)
@@ -902,21 +921,21 @@ def _notes(res: dict[str, Any]) -> list[str]:
     off = res.get("offline", {}).get(res["model"], {})
     if "camera" in off:
         o = off["camera"]
-        loss = 100 * (o["local_accuracy"] - o["split_pruned_accuracy"])
-        cache = 100 * (o["split_pruned_accuracy"] - o["ccied_accuracy"])
         test = next(
             (r for r in res.get("pruning", {}).get(res["model"], []) if r["amount"] == res["amount"]), None
         )
         clean = (
             ""
             if test is None
-            else f" (on the clean test set it costs {100 * (res['pruning'][res['model']][0]['accuracy'] - test['accuracy']):.1f} pp)"
+            else f" and {_pp(test['accuracy'] - res['pruning'][res['model']][0]['accuracy'])} pp on the clean test set"
         )
         notes.append(
             f"Accuracy over {o['requests']} camera requests replayed offline: pruning {res['amount']:.0%} of the "
-            f"split layer costs {loss:.1f} pp on camera captures (shifted, noisy, re-exposed){clean}, and false "
-            f"cache hits {cache:+.1f} pp more, so `ccied` ends {100 * (o['ccied_accuracy'] - o['local_accuracy']):+.1f} "
-            "pp from `local`: the live runs are too short to resolve 1 pp, the replay is the better estimate."
+            f"split layer moves it {_pp(o['split_pruned_accuracy'] - o['local_accuracy'])} pp on camera captures "
+            f"(shifted, noisy, re-exposed){clean}; cache hits move it "
+            f"{_pp(o['ccied_accuracy'] - o['split_pruned_accuracy'])} pp more, so `ccied` ends "
+            f"{_pp(o['ccied_accuracy'] - o['local_accuracy'])} pp from `local`. The live runs are too short to "
+            "resolve 1 pp; the replay is the better estimate."
         )
     sh = c["ccied_shared"]
     if "warm_entries" in sh:
