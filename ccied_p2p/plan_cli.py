@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cached_amounts(model: str, data: Any, amounts: Sequence[float]) -> list[float]:
-    """The pruning amounts whose fine-tuned weights are already on disk (never trains; 0 is always there)."""
+    """The pruning amounts whose fine-tuned weights are already on disk (never fine-tunes; 0 is always there)."""
     from ccied_p2p import models
 
     return [a for a in amounts if models.has_pruned_weights(model, data, a)]
