@@ -25,6 +25,9 @@ def streams(fashion: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
         f"cam{s}": camera_stream(fashion.test_images, fashion.test_labels, 3000, params, s) for s in (0, 1, 2)
     }
     sources["control"] = control_stream(fashion.test_images, fashion.test_labels, seed=0, limit=4000)
+    # The next 1 000 images of the same order, each captured once: novel, and none of them in the control.
+    captured = control_stream(fashion.test_images, fashion.test_labels, seed=0, limit=5000, camera=params)
+    sources["novel"] = list(captured)[4000:]
     for name, stream in sources.items():
         _, images, truth = collect(stream)
         with torch.inference_mode():
@@ -50,8 +53,12 @@ def _serve(
     return served, hit
 
 
-def test_calibrated_on_two_cameras_holds_on_a_third_and_on_the_control(streams: dict) -> None:
-    cal_names = ("cam1", "cam2")
+def test_calibrated_on_two_cameras_and_novel_images_holds_on_a_third_and_on_the_control(
+    streams: dict,
+) -> None:
+    # Calibrated on the two cameras alone, the cache cost 0.80 pp on the control images: their many easy
+    # repeats dominate the pooled false-hit estimate. A stream of novel images is what presets.calibrate adds.
+    cal_names = ("cam1", "cam2", "novel")
     cache = SemanticCache(b"n")
     cal = cache.calibrate(
         [streams[n][0] for n in cal_names],
@@ -71,4 +78,4 @@ def test_calibrated_on_two_cameras_holds_on_a_third_and_on_the_control(streams: 
     feats, preds, confs, truth = streams["control"]
     served, hit = _serve(control, feats, preds, confs)
     loss_pp = 100 * (np.mean(preds == truth) - np.mean(served == truth))
-    assert loss_pp <= 0.5
+    assert loss_pp <= 0.5, f"the cache cost {loss_pp:.2f} pp on the control images"
