@@ -182,7 +182,7 @@ def control_stream(
     no redundancy still, but the inputs a camera would deliver.
     """
     _check(images, labels)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0 if seed is None else seed)
     order = np.arange(len(images)) if seed is None else rng.permutation(len(images))
     for idx in order[:limit]:
         i = int(idx)

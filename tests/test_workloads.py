@@ -161,6 +161,8 @@ def test_control_stream_through_a_camera_is_each_image_once_perturbed() -> None:
     assert all(not np.array_equal(imgs[k], images[i]) for k, i in enumerate(idx))
     again = collect(control_stream(images, labels, seed=4, camera=CameraParams()))[1]
     assert np.array_equal(again, imgs)
+    unshuffled = [collect(control_stream(images, labels, camera=CameraParams()))[1] for _ in range(2)]
+    assert np.array_equal(unshuffled[0], unshuffled[1])  # no seed: still the same stream every time
     other = collect(control_stream(images, labels, seed=5, camera=CameraParams()))
     assert not np.array_equal(other[1][np.argsort(other[0])], imgs[np.argsort(idx)])
 
