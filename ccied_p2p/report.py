@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIG_ORDER", "main_table", "markdown", "plot_all", "write_report"]
+__all__ = ["CONFIG_ORDER", "STAGES", "main_table", "markdown", "plot_all", "write_report"]
 
+# The configurations bench e2e runs and the request stages it times, in the order tables and plots show them.
 CONFIG_ORDER = ("local", "offload", "split", "split_pruned", "ccied", "ccied_shared")
 STAGES = ("head", "lookup", "encode", "transfer", "tail", "decode")
 _COLORS = {

@@ -46,12 +46,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ccied_p2p.report import CONFIG_ORDER, STAGES
+
 __all__ = ["CONFIGS", "add_arguments", "render", "run"]
 
 log = logging.getLogger(__name__)
 
-CONFIGS = ("local", "offload", "split", "split_pruned", "ccied", "ccied_shared")
-STAGES = ("head", "lookup", "encode", "transfer", "tail", "decode")
+CONFIGS = CONFIG_ORDER  # the six configurations, in the order every table and plot shows them
 SECRET = "bench-e2e-cluster-secret"
 OFFLOAD_ENCODING = "dense-f16-lz4"
 SPLIT_ENCODING = "dense-f32"
