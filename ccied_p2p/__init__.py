@@ -19,12 +19,16 @@ Modules, pure layers first:
 
 from __future__ import annotations
 
-from ccied_p2p import datasets, models
-from ccied_p2p.cache import SemanticCache
-from ccied_p2p.errors import CCIEDError
-from ccied_p2p.pruning import prune_split_layer
-from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
-from ccied_p2p.split import SplitModel
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ccied_p2p import datasets, models
+    from ccied_p2p.cache import SemanticCache
+    from ccied_p2p.errors import CCIEDError
+    from ccied_p2p.pruning import prune_split_layer
+    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+    from ccied_p2p.split import SplitModel
 
 __all__ = [
     "CCIEDError",
@@ -38,3 +42,29 @@ __all__ = [
     "prune_split_layer",
 ]
 __version__ = "0.1.0"
+
+# PEP 562: ``import ccied_p2p`` stays cheap (no torch, aiohttp or usearch) until a name is touched, so commands
+# that need no model (``status``, ``dashboard``) and the pure layers start fast.
+_LAZY: dict[str, str] = {
+    "CCIEDError": "ccied_p2p.errors",
+    "InferenceResult": "ccied_p2p.runtime.node",
+    "Node": "ccied_p2p.runtime.node",
+    "NodeConfig": "ccied_p2p.runtime.node",
+    "SemanticCache": "ccied_p2p.cache",
+    "SplitModel": "ccied_p2p.split",
+    "prune_split_layer": "ccied_p2p.pruning",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("datasets", "models"):
+        return importlib.import_module(f"ccied_p2p.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

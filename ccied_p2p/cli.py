@@ -218,7 +218,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(benches: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``benches=False`` leaves the bench commands' options out.
+
+    The bench modules import torch, which costs seconds; ``main`` asks for them only when ``bench`` is the
+    command, so ``status`` and ``dashboard`` answer without loading a model stack.
+    """
     parser = argparse.ArgumentParser(prog="ccied-p2p", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     parser.add_argument(
@@ -352,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks (see README)")
     bench_sub = p.add_subparsers(dest="bench", required=True)
-    for name in BENCHES:
+    for name in BENCHES if benches else ():
         try:
             module = importlib.import_module(f"ccied_p2p.bench.{name}")
         except ImportError:
@@ -365,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(benches="bench" in argv)
     args = parser.parse_args(argv)
     if getattr(args, "interface", "unset") is None:
         args.interface = ["127.0.0.1"]

@@ -54,6 +54,7 @@ __all__ = [
     "reference_split",
     "shift_image_batch",
     "train",
+    "weights_cached",
 ]
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,14 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) ->
 _LAST_REPORT: dict[str, TrainReport] = {}
 
 
+def _train_config(name: str, epochs: int | None, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=DEFAULT_EPOCHS.get(name, 8) if epochs is None else epochs, seed=seed)
+
+
+def _reference_path(name: str, data: Dataset, config: TrainConfig) -> Path:
+    return _weights_path(name, {"model": name, "data": _data_digest(data), "train": asdict(config)})
+
+
 def reference(
     name: str,
     data: Dataset,
@@ -324,8 +333,8 @@ def reference(
 ) -> nn.Module:
     """The trained reference model ``name`` for ``data``, from the weight cache or trained now (then cached)."""
     model = build(name, data.num_classes)
-    config = TrainConfig(epochs=DEFAULT_EPOCHS.get(name, 8) if epochs is None else epochs, seed=seed)
-    path = _weights_path(name, {"model": name, "data": _data_digest(data), "train": asdict(config)})
+    config = _train_config(name, epochs, seed)
+    path = _reference_path(name, data, config)
     start = time.perf_counter()
     reused = path.is_file() and not retrain
     if reused:
@@ -408,6 +417,20 @@ def has_pruned_weights(
         return True
     split = reference_split(name, data, split_at=split_at, amount=0, seed=seed, progress=False)
     return _pruned_path(name, data, split, amount, seed, recipe or PruneRecipe()).is_file()
+
+
+def weights_cached(
+    name: str,
+    data: Dataset,
+    amount: float = 0.0,
+    split_at: str | None = None,
+    seed: int = 0,
+    recipe: PruneRecipe | None = None,
+) -> bool:
+    """Whether ``reference_split`` with these arguments would train or fine-tune nothing (it never trains)."""
+    if not _reference_path(name, data, _train_config(name, None, seed)).is_file():
+        return False
+    return has_pruned_weights(name, data, amount, split_at=split_at, seed=seed, recipe=recipe)
 
 
 def reference_split(

@@ -11,7 +11,7 @@ from ccied_p2p.cache import GridPool, Hit, SemanticCache
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.weights("vgg/fashion-mnist@0.75")]
 
 
 @pytest.fixture(scope="module")

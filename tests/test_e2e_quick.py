@@ -9,7 +9,7 @@ import pytest
 
 from ccied_p2p.bench import e2e
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.weights("vgg/best@0.75")]
 
 KEYS = (
     "accuracy",

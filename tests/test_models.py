@@ -62,6 +62,7 @@ def test_shift_augmentation_moves_pixels() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.weights("vgg/fashion-mnist", "lenet/fashion-mnist")
 @pytest.mark.parametrize(("name", "target"), [("vgg", 0.91), ("lenet", 0.88)])
 def test_reference_accuracy_on_fashion_mnist(fashion: datasets.Dataset, name: str, target: float) -> None:
     net = models.reference(name, fashion, progress=False)

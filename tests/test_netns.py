@@ -111,7 +111,7 @@ async def test_subprocess_cluster_in_namespaces_detects_a_kill_and_a_partition()
         await cluster.wait_converged(10)
         times = cluster.detection_times(2)
         print("netns SIGKILL detection:", {k: round(v, 2) for k, v in times.items() if v is not None})
-        assert all(t is not None and t <= 3.0 for t in times.values())
+        assert all(t is not None and t <= 15.0 for t in times.values())  # 10x the expected ~1.5 s
         await cluster.restart(2)
         await cluster.wait_converged(15)
         cluster.partition({0, 1}, {2})

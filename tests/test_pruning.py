@@ -86,6 +86,7 @@ def test_finetune_recovers_on_real_digits(mnist5k: datasets.Dataset, isolated_ca
 
 
 @pytest.mark.slow
+@pytest.mark.weights("vgg/fashion-mnist@0.75")
 def test_vgg_pruning_targets_on_fashion_mnist(fashion: datasets.Dataset) -> None:
     base = models.reference_split("vgg", fashion, amount=0.0, progress=False)
     pruned = models.reference_split("vgg", fashion, amount=0.75, progress=False)
