@@ -243,6 +243,67 @@ async def test_trickling_heads_are_closed_and_everyone_else_gets_in(
         assert "out of system resource" not in text
 
 
+_HOG_CHILD = """
+import asyncio, os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from ccied_p2p import datasets
+from ccied_p2p.logs import setup_logging
+from ccied_p2p.presets import reference_parts
+from ccied_p2p.runtime.node import Node, NodeConfig
+setup_logging("INFO")
+split = reference_parts("lenet", datasets.load("mnist-5k"), amount=0.5, progress=False)
+
+async def main():
+    async with Node(split, NodeConfig(name="victim", secret=sys.argv[1], mdns=False)) as node:
+        hog = []
+        try:  # something else in the process took every descriptor
+            while True:
+                hog.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        print("READY", node.address, flush=True)
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.network
+async def test_out_of_descriptors_the_accept_log_stays_bounded(split: SplitModel, tmp_path: Path) -> None:
+    """asyncio logs every failed accept with a traceback, again and again; the node lets a few through."""
+    log_path = tmp_path / "victim.log"
+    with log_path.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _HOG_CHILD, SECRET, stdout=asyncio.subprocess.PIPE, stderr=err
+        )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(240):
+            line = (await proc.stdout.readline()).decode()
+        assert line.startswith(READY), line
+        host, _, port = line.split()[1].rpartition(":")
+
+        async def connect() -> asyncio.StreamWriter | None:
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    return (await asyncio.open_connection(host, int(port)))[1]
+            return None
+
+        writers = [w for w in await asyncio.gather(*(connect() for _ in range(200))) if w is not None]
+        start = log_path.stat().st_size
+        await asyncio.sleep(5.0)
+        grown = log_path.stat().st_size - start
+        for w in writers:
+            w.close()
+    finally:
+        proc.kill()
+        await proc.wait()
+    text = await asyncio.to_thread(log_path.read_text)
+    print(f"\nout of descriptors: {len(writers)} connections waiting, log grew {grown} B in 5 s")
+    assert "socket.accept() out of system resource" in text  # the storm happened
+    assert grown < 64 << 10
+
+
 # ---------------------------------------------------------------------------------------------- in process
 
 
