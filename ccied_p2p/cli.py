@@ -140,6 +140,9 @@ def _node_config(args: argparse.Namespace) -> Any:
         advertise_host=args.advertise_host,
         advertise_port=args.advertise_port,
         local_tail_ms=args.local_tail_ms,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
         membership=MembershipConfig.quick() if args.membership == "quick" else MembershipConfig(),
     )
 
@@ -294,6 +297,21 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
             default=None,
             help="what the scheduler assumes this device's own tail costs (default: measured); "
             "large on a weak device, so that misses go to peers",
+        )
+        p.add_argument(
+            "--header-timeout",
+            type=float,
+            default=10.0,
+            help="seconds a client has to send a complete request head (default 10)",
+        )
+        p.add_argument(
+            "--max-connections", type=int, default=512, help="inbound connections held at most (default 512)"
+        )
+        p.add_argument(
+            "--max-connections-per-address",
+            type=int,
+            default=64,
+            help="inbound connections from one address at most (default 64)",
         )
         p.add_argument(
             "--membership",

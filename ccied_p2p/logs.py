@@ -10,6 +10,10 @@ A :class:`~contextvars.ContextVar` carries the name: a node sets it while it sta
 :class:`NodeNameFilter` copies the name onto each record as ``record.node`` (``"-"`` outside any node);
 :func:`setup_logging` installs it with a text or JSON formatter on the root logger (the CLI's
 ``--log-level`` / ``--log-format``). Applications with their own handlers add ``NodeNameFilter()`` to them.
+
+:class:`RateLimitedLog` keeps what hostile traffic makes a node log bounded: refused connections, failed
+handshakes, refused HTTP requests and bad frames are each logged at most ``burst`` times per ``window``
+seconds, then summed up in one line.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import IO, Any, Final, Literal
 
@@ -28,6 +32,7 @@ __all__ = [
     "TEXT_FORMAT",
     "JsonFormatter",
     "NodeNameFilter",
+    "RateLimitedLog",
     "bind_node",
     "node_name",
     "setup_logging",
@@ -80,6 +85,64 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             out["exc"] = record.exc_text
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class RateLimitedLog:
+    """At most ``burst`` records per ``window`` seconds for each key, then one line with how many were dropped.
+
+    A refusal must be visible, but one line per refused connection lets an attacker fill the disk. The
+    summary of a window is written when the next record of that key arrives (the counters that metrics
+    export stay exact either way).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int = 20,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        self._windows: dict[str, list[float]] = {}  # key -> [window start, logged, suppressed]
+        self.suppressed = 0  # in total, over the helper's life
+
+    def allow(self, key: str) -> bool:
+        """Whether a record of ``key`` may be written now (counts it as written or suppressed)."""
+        now = self._clock()
+        win = self._windows.get(key)
+        if win is None or now - win[0] >= self.window:
+            if win is not None and win[2]:
+                self.logger.warning(
+                    "%d more %r messages suppressed in the last %.0f s (at most %d per %g s)",
+                    int(win[2]),
+                    key,
+                    now - win[0],
+                    self.burst,
+                    self.window,
+                )
+            win = self._windows[key] = [now, 0, 0]
+        if win[1] >= self.burst:
+            win[2] += 1
+            self.suppressed += 1
+            return False
+        win[1] += 1
+        return True
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` at ``level`` unless ``key`` is over its budget; returns whether it was written."""
+        if not self.allow(key):
+            return False
+        self.logger.log(level, msg, *args, stacklevel=2)
+        return True
+
+    def warning(self, key: str, msg: str, *args: object) -> bool:
+        if not self.allow(key):
+            return False
+        self.logger.warning(msg, *args, stacklevel=2)
+        return True
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

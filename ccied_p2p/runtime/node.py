@@ -57,9 +57,24 @@ from ccied_p2p.errors import (
     RemoteError,
 )
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind, Membership, MembershipConfig
-from ccied_p2p.logs import bind_node
+from ccied_p2p.logs import RateLimitedLog, bind_node
 from ccied_p2p.presets import reducer_for
-from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, LinkClosedError, handshake
+from ccied_p2p.runtime.guard import (
+    ConnectionGuard,
+    GuardedSite,
+    GuardLimits,
+    descriptor_budget,
+    hold_accept_storm_filter,
+    release_accept_storm_filter,
+)
+from ccied_p2p.runtime.transport import (
+    HANDSHAKE_TIMEOUT,
+    PROTOCOL_VERSION,
+    WS_PATH,
+    Link,
+    LinkClosedError,
+    handshake,
+)
 from ccied_p2p.scheduler import (
     Candidate,
     Ewma,
@@ -117,6 +132,14 @@ class NodeConfig:
     max_batch: int = 32  # most rows the tail worker runs at once (1: no batching)
     inline_tail_ms: float = 0.5  # tails shorter than this run on the event loop, not the worker thread
     observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
+    # Every inbound connection: its request head complete within header_timeout, the next request within
+    # idle_timeout, a peer's handshake within handshake_timeout (seconds). At most max_connections open
+    # (and at most half the open-file limit), max_connections_per_address from one IPv4 address or IPv6 /64.
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_connections: int = 512
+    max_connections_per_address: int = 64
 
     def validate(self) -> None:
         if not self.secret and not self.insecure:
@@ -130,6 +153,12 @@ class NodeConfig:
             raise ConfigError(f"port {self.port} out of range")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be > 0")
+        for key in ("header_timeout", "idle_timeout", "handshake_timeout"):
+            value = getattr(self, key)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{key} must be a finite number > 0, got {value}")
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise ConfigError("max_connections and max_connections_per_address must be at least 1")
         if self.local_tail_ms is not None and not (
             self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
         ):
@@ -186,6 +215,7 @@ class NodeStats:
     serve_errors: int = 0
     auth_failures: int = 0
     gossip_rounds: int = 0
+    connections_refused: dict[str, int] = field(default_factory=dict)  # by reason, see runtime.guard
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self, result: InferenceResult, keep: int = 10_000) -> None:
@@ -229,6 +259,10 @@ class Node:
         self._tail_compute = Ewma(alpha=0.2)  # seconds of pure compute per batch
         self._executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
+        self.guard: ConnectionGuard | None = None
+        self._storm_held = False
+        # What hostile traffic makes this node log (refused connections, handshakes, requests, frames).
+        self.refusal_log = RateLimitedLog(log)
         self._session: aiohttp.ClientSession | None = None
         self._discovery: Any = None
         self._links_changed = asyncio.Event()
@@ -284,7 +318,26 @@ class Node:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ccied-{cfg.name}")
         await self._run_compute(torch.set_num_threads, 1)
 
-        app = web.Application()
+        budget = descriptor_budget()
+        max_connections = min(cfg.max_connections, budget) if budget is not None else cfg.max_connections
+        if max_connections < cfg.max_connections:
+            log.info(
+                "[%s] at most %d connections (half the open-file limit), not %d",
+                cfg.name,
+                max_connections,
+                cfg.max_connections,
+            )
+        self.guard = ConnectionGuard(
+            GuardLimits(
+                cfg.header_timeout, cfg.idle_timeout, max_connections, cfg.max_connections_per_address
+            ),
+            refused=self.counters.connections_refused,
+            logger=self.refusal_log,
+            name=cfg.name,
+        )
+        hold_accept_storm_filter()
+        self._storm_held = True
+        app = web.Application(middlewares=[self.guard.middleware()])
         app.router.add_get(WS_PATH, self._handle_ws)
         if cfg.observe:
             from ccied_p2p.runtime.observe import install
@@ -293,12 +346,9 @@ class Node:
         self.app = app
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port)
+        site = GuardedSite(self._runner, cfg.host, cfg.port, self.guard)
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = int(site.sockets[0].getsockname()[1])
         self.host = cfg.advertise_host or (cfg.host if cfg.host not in ("0.0.0.0", "") else _local_ip())
         # Outbound connections leave from the bound address, so a relay or firewall can tell nodes apart.
         local_addr = (cfg.host, 0) if cfg.host not in ("0.0.0.0", "") else None
@@ -385,6 +435,11 @@ class Node:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.guard is not None:
+            self.guard.close()
+        if self._storm_held:
+            self._storm_held = False
+            release_accept_storm_filter()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self.links.clear()
@@ -434,6 +489,7 @@ class Node:
             "served": s.served,
             "serve_errors": s.serve_errors,
             "auth_failures": s.auth_failures,
+            "connections": None if self.guard is None else self.guard.stats(),
             "bytes_sent": s.bytes_sent,
             "bytes_raw": s.bytes_raw,
             "cache": None if cstats is None else dataclasses.asdict(cstats),
@@ -760,12 +816,20 @@ class Node:
         peername = request.transport.get_extra_info("peername") if request.transport else None
         try:
             peer, seal, open_ = await handshake(
-                ws, Role.RESPONDER, self._hello(), self.config.secret, self.config.limits
+                ws,
+                Role.RESPONDER,
+                self._hello(),
+                self.config.secret,
+                self.config.limits,
+                self.config.handshake_timeout,
             )
         except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
             self.counters.auth_failures += 1
-            self._notify("on_auth_failure", str(peername), str(exc))
-            log.warning("[%s] rejected a connection from %s: %s", self.config.name, peername, exc)
+            reason = str(exc) or type(exc).__name__
+            self._notify("on_auth_failure", str(peername), reason)
+            self.refusal_log.warning(
+                "auth", "[%s] rejected a connection from %s: %s", self.config.name, peername, reason
+            )
             with contextlib.suppress(Exception):
                 await ws.send_bytes(encode_message(ErrorMessage(0, "auth", "authentication failed")))
             await ws.close()
@@ -779,6 +843,7 @@ class Node:
             self.config.limits,
             self._on_message,
             self.config.max_in_flight,
+            refusal_log=self.refusal_log,
         )
         await self._adopt(link)
         return ws
@@ -861,7 +926,12 @@ class Node:
         )
         try:
             peer, seal, open_ = await handshake(
-                ws, Role.INITIATOR, self._hello(), self.config.secret, self.config.limits
+                ws,
+                Role.INITIATOR,
+                self._hello(),
+                self.config.secret,
+                self.config.limits,
+                self.config.handshake_timeout,
             )
         except BaseException:
             await ws.close()
@@ -876,6 +946,7 @@ class Node:
             self._on_message,
             self.config.max_in_flight,
             address=(host, port),
+            refusal_log=self.refusal_log,
         )
         self._spawn(self._adopt(link), f"link:{peer.name}")
 

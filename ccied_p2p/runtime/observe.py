@@ -17,7 +17,8 @@ page cannot reach it through DNS rebinding). Any other client must present the r
 
 The token only reads: it is not the secret and cannot join the cluster. A node without a secret (insecure
 mode) serves loopback only. A missing token gets 401, a wrong one (from anywhere) 403; each refusal is logged
-(rate-limited) and counted in ``ccied_http_refused_total``.
+(rate-limited) and counted in ``ccied_http_refused_total``. Connections the node's guard refused or closed
+(caps, header and idle timeouts) are counted in ``ccied_connections_refused_total`` by reason.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from prometheus_client.exposition import choose_encoder
 
 from ccied_p2p.codec.messages import MemberState, MemberUpdate
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind
+from ccied_p2p.logs import RateLimitedLog
+from ccied_p2p.runtime.guard import REASONS
 
 if TYPE_CHECKING:
     from ccied_p2p.runtime.node import InferenceResult, Node
@@ -262,6 +265,19 @@ class _Collector:
             "Peer tail requests refused (fingerprint, shape, serve=False).",
             c.serve_errors,
         )
+        refused = CounterMetricFamily(
+            "ccied_connections_refused",
+            "Inbound connections refused at accept (per_address, total cap) or closed by the guard "
+            "(evicted to make room, header_timeout, idle_timeout).",
+            labels=["reason"],
+        )
+        for reason in REASONS:
+            refused.add_metric([reason], c.connections_refused.get(reason, 0))
+        yield refused
+        if node.guard is not None:
+            yield GaugeMetricFamily(
+                "ccied_connections_open", "Inbound connections open (HTTP and peers).", node.guard.open
+            )
         yield from self._cache(obs)
         yield from self._peers(obs, now)
         yield from self._links(obs)
@@ -709,6 +725,7 @@ class Observer:
             },
             "gossip": {"rounds": c.gossip_rounds, "states": states, "links": len(links)},
             "auth_failures": c.auth_failures,
+            "connections": None if node.guard is None else node.guard.stats(),
             "time": round(time.time(), 3),
         }
 
@@ -768,9 +785,7 @@ class _Routes:
         self.stop = asyncio.Event()
         self.subscribers = 0
         self._static: dict[str, bytes] = {}
-        self._log_window = 0.0
-        self._logged = 0
-        self._suppressed = 0
+        self._refusal_log = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ access
 
@@ -812,18 +827,8 @@ class _Routes:
         elif "Host" in access.reason:
             reason = "bad_host"
         self.observer.http_refused.labels(reason).inc()
-        now = time.monotonic()
-        if now - self._log_window > 10.0:
-            if self._suppressed:
-                log.warning(
-                    "[%s] %d more observation requests refused", self.node.config.name, self._suppressed
-                )
-            self._log_window, self._logged, self._suppressed = now, 0, 0
-        if self._logged >= 20:
-            self._suppressed += 1
-            return
-        self._logged += 1
-        log.warning(
+        self._refusal_log.warning(
+            "http",
             "[%s] refused %s %s from %s: %s (%d)",
             self.node.config.name,
             request.method,

@@ -2,8 +2,8 @@
 
 A link is one WebSocket between two nodes, whichever side dialled. After the handshake (see
 :mod:`ccied_p2p.codec.auth`) every binary frame is ``seal(encode_message(msg))``; a frame that fails to open
-or decode is logged and closes the link (the session's sequence numbers make a bad frame unrecoverable), and
-the node keeps serving everyone else.
+or decode, or is larger than the limit, is logged (rate-limited) and closes the link (the session's sequence
+numbers make a bad frame unrecoverable), and the node keeps serving everyone else.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ from ccied_p2p.errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from ccied_p2p.logs import RateLimitedLog
 
 __all__ = ["HANDSHAKE_TIMEOUT", "PROTOCOL_VERSION", "WS_PATH", "Link", "LinkClosedError", "handshake"]
 
 log = logging.getLogger(__name__)
+# Links closed for bad frames: logged, but never a line per frame an attacker can make a node read.
+frame_log = RateLimitedLog(log)
 
 PROTOCOL_VERSION = 1
 WS_PATH = "/ccied"
@@ -62,8 +65,19 @@ async def handshake(
 ) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
     """Run the mutual challenge-response; returns the peer's hello and the (seal, open) pair.
 
+    The whole exchange must finish within ``timeout`` seconds (a ``TimeoutError`` saying so otherwise).
     With ``secret=None`` (insecure mode, explicit opt-in) frames travel unsealed.
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _handshake(ws, role, me, secret, limits, timeout)
+    except TimeoutError as exc:
+        raise TimeoutError(f"no complete handshake within {timeout:g} s") from exc
+
+
+async def _handshake(
+    ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float
+) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
 
     async def send(msg: Message) -> None:
         await ws.send_bytes(encode_message(msg))
@@ -131,6 +145,7 @@ class Link:
         on_message: Callable[[Link, Message, float], Awaitable[None]],
         max_in_flight: int = 64,
         address: tuple[str, int] | None = None,
+        refusal_log: RateLimitedLog | None = None,
     ) -> None:
         self.ws = ws
         self.peer = peer
@@ -140,6 +155,7 @@ class Link:
         self._open = open_
         self._limits = limits
         self._on_message = on_message
+        self._warn = refusal_log if refusal_log is not None else frame_log
         self._pending: dict[int, asyncio.Future[InferResponse]] = {}
         self._ids = itertools.count(1)
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -211,9 +227,14 @@ class Link:
         try:
             async for raw in self.ws:
                 if raw.type is not aiohttp.WSMsgType.BINARY:
-                    if raw.type is aiohttp.WSMsgType.ERROR:
+                    if raw.type is aiohttp.WSMsgType.ERROR:  # e.g. a frame above max_msg_size
+                        self._warn.warning(
+                            "frame", "closing link to %s: %s", self.peer.name, raw.data or "WebSocket error"
+                        )
                         break
-                    log.warning("closing link to %s: non-binary frame %s", self.peer.name, raw.type.name)
+                    self._warn.warning(
+                        "frame", "closing link to %s: non-binary frame %s", self.peer.name, raw.type.name
+                    )
                     break
                 data: bytes = raw.data
                 self.stats.frames_received += 1
@@ -222,7 +243,7 @@ class Link:
                 try:
                     msg = decode_message(self._open(data), self._limits)
                 except (AuthenticationError, CodecError) as exc:
-                    log.warning("closing link to %s: bad frame: %s", self.peer.name, exc)
+                    self._warn.warning("frame", "closing link to %s: bad frame: %s", self.peer.name, exc)
                     reason = exc
                     break
                 if isinstance(msg, InferResponse | ErrorMessage) and msg.request_id in self._pending:
