@@ -117,6 +117,9 @@ class NodeConfig:
     max_batch: int = 32  # most rows the tail worker runs at once (1: no batching)
     inline_tail_ms: float = 0.5  # tails shorter than this run on the event loop, not the worker thread
     observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
+    # The CPU quota this node's process runs under, as a fraction of one core (None: unlimited). Reported in
+    # /status; applied by whoever starts the process (``serve --cpu-quota``, LocalCluster), see runtime.quota.
+    cpu_quota: float | None = None
 
     def validate(self) -> None:
         if not self.secret and not self.insecure:
@@ -134,6 +137,8 @@ class NodeConfig:
             self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
         ):
             raise ConfigError(f"local_tail_ms must be a finite number >= 0, got {self.local_tail_ms}")
+        if self.cpu_quota is not None and not (self.cpu_quota > 0 and math.isfinite(self.cpu_quota)):
+            raise ConfigError(f"cpu_quota must be a fraction of one core > 0, got {self.cpu_quota}")
 
 
 @dataclass(frozen=True)
