@@ -541,7 +541,7 @@ class LocalCluster:
         if h.process is not None:
             h.process.send_signal(signal.SIGKILL)
             await h.process.wait()
-            self._release_quota(h)
+            await self._release_quota(h)
             await self._cancel_readers(h)
         elif h.node is not None:
             node, h.node = h.node, None
@@ -685,7 +685,7 @@ class LocalCluster:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            self._release_quota(h)
+            await self._release_quota(h)
             await self._cancel_readers(h)
             raise
         if len(words) >= 4:
@@ -748,14 +748,14 @@ class LocalCluster:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        self._release_quota(h)
+        await self._release_quota(h)
         await self._cancel_readers(h)
 
     @staticmethod
-    def _release_quota(h: NodeHandle) -> None:
+    async def _release_quota(h: NodeHandle) -> None:
         quota, h.quota = h.quota, None
         if quota is not None:
-            quota.release()
+            await asyncio.to_thread(quota.release)  # may wait a moment for the kernel to let go of the group
 
     def log_text(self, i: int) -> str:
         """What subprocess node ``i`` wrote to stderr in its current (or last) run."""
