@@ -117,44 +117,48 @@ def _our_groups() -> list[str]:
     return [p.name for p in root.iterdir() if p.name.startswith(f"{PREFIX}{os.getpid()}-")]
 
 
-async def _run_workload(fraction: float | None) -> tuple[float, float, Path | None]:
+async def _run_workload(fraction: float) -> tuple[float, float, Path | None]:
+    """Run WORKLOAD in a child on ``fraction`` of a core (1.0: unthrottled, the workload has one thread).
+
+    The group claims a core as if the device owned it (high cpu.shares), so that neighbours on a busy machine do
+    not slow the unthrottled run as much as the quota slows the other.
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WORKLOAD, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
-    quota = CpuQuota(fraction, proc.pid) if fraction is not None else None
+    quota = CpuQuota(fraction, proc.pid, shares=65_536)
     try:
         assert (await proc.stdout.readline()).strip() == b"ready"
-        if quota is not None:
-            quota.apply()
-            assert current_quota(proc.pid) == QuotaSpec(fraction or 0.0)
+        quota.apply()
+        assert current_quota(proc.pid) == QuotaSpec(fraction)
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
         wall, cpu = map(float, (await proc.stdout.readline()).split())
         await proc.wait()
-        group = quota.group if quota is not None else None
+        group = quota.group
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        if quota is not None:
-            quota.release()
+        quota.release()
     return wall, cpu, group
 
 
 @needs_cgroup
 async def test_a_quotad_process_is_measurably_slower_and_its_group_is_removed() -> None:
-    free_wall, free_cpu, _ = await _run_workload(None)
+    free_wall, free_cpu, _ = await _run_workload(1.0)
     wall, cpu, group = await _run_workload(0.25)
     share = cpu / wall
     print(
         f"free: {free_wall * 1e3:.0f} ms wall, {free_cpu * 1e3:.0f} ms CPU; 25% quota: {wall * 1e3:.0f} ms wall "
         f"({wall / free_wall:.1f}x), {share:.2f} of a core"
     )
-    # The kernel's guarantee, whatever else runs: at most a quarter of a core (one 10 ms period of slack).
-    assert share <= 0.25 * 1.25
-    # Loose bound against the same work unthrottled (its CPU time: on a busy machine its wall time is inflated).
+    # The kernel's guarantee, whatever else runs: at most a quarter of a core (and a period or two of slack).
+    assert share <= 0.25 * 1.5
+    # Loose bounds against the same work unthrottled (ideal: 4x).
+    assert wall / free_wall > 2.0
     assert wall / free_cpu > 2.0
     assert group is not None
     assert not group.exists()
@@ -205,6 +209,7 @@ async def test_stale_groups_of_dead_owners_are_swept() -> None:
 
 @needs_cgroup
 @pytest.mark.slow
+@pytest.mark.network  # the `serve` subprocesses load the runtime weights (trained once before the first test)
 async def test_cluster_subprocess_quota_is_reported_in_status() -> None:
     def status(address: str) -> dict[str, object]:
         with urllib.request.urlopen(f"http://{address}/status", timeout=10) as r:
