@@ -11,6 +11,7 @@ Modules, pure layers first:
 - :mod:`ccied_p2p.workloads` seeded camera, control and non-IID request streams over real images (pure)
 - :mod:`ccied_p2p.gossip`    SWIM membership with suspicion, and its simulation (pure)
 - :mod:`ccied_p2p.scheduler` where a tail runs: estimates and failover order (pure)
+- :mod:`ccied_p2p.strategy`  per request: cache, local, offload or split, from measured costs (pure)
 - :mod:`ccied_p2p.runtime`   asyncio: authenticated WebSocket links, mDNS discovery, the :class:`Node`
 - :mod:`ccied_p2p.presets`   a pruned reference split and a calibrated cache, ready to run
 - :mod:`ccied_p2p.errors`    the exception tree (one root, :class:`CCIEDError`)

@@ -16,7 +16,7 @@ from ccied_p2p.errors import CCIEDError
 
 __all__ = ["BENCHES", "build_parser", "main"]
 
-BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e")
+BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e", "quota")
 log = logging.getLogger("ccied_p2p.cli")
 
 
@@ -143,6 +143,7 @@ def _node_config(args: argparse.Namespace) -> Any:
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
+        cpu_quota=args.cpu_quota,
         membership=MembershipConfig.quick() if args.membership == "quick" else MembershipConfig(),
     )
 
@@ -161,7 +162,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.threshold is not None
         else None
     )
-    asyncio.run(serve_forever(split, config, settings))
+    from ccied_p2p.runtime.quota import quota_or_null
+
+    with quota_or_null(args.cpu_quota):  # after loading the model: a weak device, not a slow start
+        asyncio.run(serve_forever(split, config, settings))
     return 0
 
 
@@ -173,20 +177,23 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     data = _data_and_threads(args)
     split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=not args.json)
+    from ccied_p2p.runtime.quota import quota_or_null
+
     settings = None if args.no_calibrate else calibrate(split, data)[0]
-    out = asyncio.run(
-        stream(
-            split,
-            data,
-            _node_config(args),
-            workload=args.workload,
-            requests=args.requests,
-            concurrency=args.concurrency,
-            settings=settings,
-            wait_peers=args.wait_peers,
-            progress=not args.json,
+    with quota_or_null(args.cpu_quota):
+        out = asyncio.run(
+            stream(
+                split,
+                data,
+                _node_config(args),
+                workload=args.workload,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                settings=settings,
+                wait_peers=args.wait_peers,
+                progress=not args.json,
+            )
         )
-    )
     _emit(out, args.json, render_demo(out))
     return 0 if out["failed"] == 0 else 1
 
@@ -208,6 +215,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             requests=args.requests,
             progress=not args.json,
             mdns=not args.no_mdns,
+            cpu_quota=args.cpu_quota,
         )
     )
     _emit(out, args.json, render_demo(out))
@@ -261,6 +269,16 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
     p.set_defaults(func=_cmd_prune)
 
+    def cpu_quota_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cpu-quota",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="run this node on a fraction of one core (0.25: a weak device), enforced with the cgroup cpu "
+            "controller at a 10 ms period; needs a writable cgroup (root on Linux)",
+        )
+
     def node_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--amount", type=float, default=0.75, help="fraction of split-layer channels pruned")
         p.add_argument("--name", default=None, help="node name (default: hostname-pid)")
@@ -298,6 +316,7 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
             help="what the scheduler assumes this device's own tail costs (default: measured); "
             "large on a weak device, so that misses go to peers",
         )
+        cpu_quota_arg(p)
         p.add_argument(
             "--header-timeout",
             type=float,
@@ -354,6 +373,7 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amount", type=float, default=0.75)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--no-mdns", action="store_true", help="join by seeds only")
+    cpu_quota_arg(p)
     p.set_defaults(func=_cmd_demo)
 
     from ccied_p2p import observe_cli

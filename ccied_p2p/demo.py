@@ -163,8 +163,15 @@ async def demo(
     concurrency: int = 4,
     progress: bool = True,
     mdns: bool = True,
+    cpu_quota: float | None = None,
 ) -> dict[str, Any]:
-    """Three nodes in three processes on loopback; stream the camera workload from this one."""
+    """Three nodes in three processes on loopback; stream the camera workload from this one.
+
+    ``cpu_quota``: this node (the asking device) runs on that fraction of one core once its peers are up (they
+    are spawned first, so they do not inherit the quota).
+    """
+    from ccied_p2p.runtime.quota import quota_or_null
+
     settings, _ = calibrate(split, data)
     secret = secrets.token_urlsafe(24)
     env = {**os.environ, "CCIED_SECRET": secret}
@@ -174,7 +181,7 @@ async def demo(
     _, reference, _ = activations(split, data, images)
     x = data.normalize(images)
 
-    config = NodeConfig(name="demo-a", secret=secret, mdns=mdns)
+    config = NodeConfig(name="demo-a", secret=secret, mdns=mdns, cpu_quota=cpu_quota)
     children: list[asyncio.subprocess.Process] = []
     async with Node(split, config) as node:
         settings.apply(node.cache)
@@ -200,7 +207,8 @@ async def demo(
                 )
                 children.append(proc)
             await node.wait_for_peers(2, timeout=10)
-            results, elapsed = await _drive(node, x, concurrency, "demo", progress)
+            with quota_or_null(cpu_quota):
+                results, elapsed = await _drive(node, x, concurrency, "demo", progress)
         finally:
             for proc in children:
                 with contextlib.suppress(ProcessLookupError):
@@ -214,6 +222,7 @@ async def demo(
             "requests_per_s": requests / elapsed,
             "cache": {"threshold": settings.threshold, "k": settings.k, "votes": settings.votes},
             "failed": node.counters.failed,
+            "cpu_quota": cpu_quota,
         }
     )
     return out

@@ -5,6 +5,11 @@ What is measured here: the per-layer profile (one thread), the wire size of each
 (their wire size and accuracy drop on test images). At the other cuts the pruned sizes are extrapolated from the
 default cut's ratios and flagged ``measured: false``. The hit rate is the cache calibration's (on a camera
 stream of its own seed) unless ``--hit-rate`` is given. The planner itself is :mod:`ccied_p2p.planner`.
+
+It also prints the per-request strategy (:func:`ccied_p2p.strategy.choose`, what a node picks among cache,
+local, offload and split) for a device on ``--quota`` of a core (its costs: the profile / quota; ``bench quota``
+measured 4.0x at 25% and 10.6x at 10% with Lite0) and one idle full-speed peer; ``--frames-stay`` forbids
+offloading the input.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-__all__ = ["add_arguments", "cached_amounts", "measure", "plan", "render"]
+__all__ = ["add_arguments", "cached_amounts", "measure", "plan", "render", "slowdown_of", "strategy_json"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hit-rate", type=float, default=None, help="cache hit rate (default: calibrate)")
     parser.add_argument("--max-drop-pp", type=float, default=1.0, help="largest accuracy drop allowed (pp)")
     parser.add_argument("--slowdown", type=float, default=1.0, help="how much slower the asking device is")
+    parser.add_argument(
+        "--quota",
+        type=float,
+        default=None,
+        help="the asking device's CPU quota, a fraction of a core (slowdown 1/q)",
+    )
+    parser.add_argument(
+        "--frames-stay", action="store_true", help="raw inputs must not leave the device (never offload)"
+    )
+    parser.add_argument(
+        "--input-bytes",
+        type=float,
+        default=None,
+        help="what offload sends (default: the measured input tensor)",
+    )
     parser.add_argument("--repeats", type=int, default=20, help="profile repeats per layer")
     parser.add_argument("--top", type=int, default=10, help="plans to show")
 
@@ -53,10 +73,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ccied_p2p import datasets, models
-    from ccied_p2p.planner import Link, PruneOption
+    from ccied_p2p.planner import Link, PruneOption, situation
     from ccied_p2p.planner import plan as make_plan
     from ccied_p2p.presets import calibrate
     from ccied_p2p.split import SplitModel
+    from ccied_p2p.strategy import StrategyPolicy, choose
 
     torch.set_num_threads(1)
     data = datasets.load(args.data)
@@ -125,8 +146,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         options[cut] = opts
     with torch.inference_mode():
         inp = data.test_x[:200].numpy()
-    input_wire = _wire(inp, "dense-f16-lz4")
+    input_wire = _wire(inp, "dense-f16-lz4") if args.input_bytes is None else args.input_bytes
     link = Link.mbit(args.mbit, args.rtt_ms)
+    slowdown = slowdown_of(args)
     plans = make_plan(
         profile,
         link,
@@ -134,14 +156,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         options,
         max_drop_pp=args.max_drop_pp,
         input_wire_bytes=input_wire,
-        slowdown=args.slowdown,
+        slowdown=slowdown,
     )
+    where = situation(
+        profile,
+        link,
+        hit_rate,
+        options,
+        max_drop_pp=args.max_drop_pp,
+        input_wire_bytes=input_wire,
+        slowdown=slowdown,
+    )
+    strategy = choose(where, StrategyPolicy(frames_stay=args.frames_stay))
     return {
         "model": model,
         "dataset": data.name,
         "link": {"mbit": args.mbit, "rtt_ms": args.rtt_ms},
         "hit_rate": hit_rate,
-        "slowdown": args.slowdown,
+        "slowdown": slowdown,
+        "quota": args.quota,
+        "frames_stay": args.frames_stay,
+        "strategy": strategy_json(strategy),
         "max_drop_pp": args.max_drop_pp,
         "accuracy_unpruned": acc0,
         "cuts": cuts,
@@ -151,6 +186,48 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "best_split": next((asdict(p) | {"label": p.label} for p in plans if p.kind == "split"), None),
         "plans": [asdict(p) | {"label": p.label} for p in plans[: max(1, args.top)]],
     }
+
+
+def slowdown_of(args: argparse.Namespace) -> float:
+    """How much slower the asking device is: 1 / ``--quota`` when given, else ``--slowdown``."""
+    from ccied_p2p.runtime.quota import QuotaSpec
+
+    if args.quota is None:
+        return float(args.slowdown)
+    return 1.0 / QuotaSpec(args.quota).fraction  # validates it as the node would
+
+
+def strategy_json(options: Sequence[Any]) -> dict[str, Any]:
+    """The policy's answer as JSON: the choice and every option in failover order (milliseconds)."""
+    rows = [
+        {
+            "label": o.label,
+            "strategy": o.strategy.value,
+            "peer": o.peer,
+            "cut": o.cut,
+            "expected_ms": o.seconds * 1000,
+            "device_ms": o.device_s * 1000,
+            "transfer_ms": o.transfer_s * 1000,
+            "rtt_ms": o.rtt_s * 1000,
+            "remote_ms": o.remote_s * 1000,
+            "hit_rate": o.hit_rate,
+        }
+        for o in options
+    ]
+    return {"choice": rows[0]["label"], "options": rows}
+
+
+def render_strategy(result: dict[str, Any]) -> list[str]:
+    s = result["strategy"]
+    quota = "" if result.get("quota") is None else f" on {result['quota']:.0%} of a core"
+    stay = ", frames stay on the device" if result.get("frames_stay") else ""
+    lines = [f"per-request strategy (device{quota}, slowdown {result['slowdown']:.2g}{stay}): {s['choice']}"]
+    for o in s["options"][:6]:
+        lines.append(
+            f"  {o['label'][:40]:<40} {o['expected_ms']:>9.2f} ms  (device {o['device_ms']:.2f}, xfer "
+            f"{o['transfer_ms']:.2f}, rtt {o['rtt_ms']:.2f}, remote {o['remote_ms']:.2f})"
+        )
+    return lines
 
 
 def render(result: dict[str, Any]) -> str:
@@ -169,6 +246,7 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"recommended: {r['recommendation']['label']} ({r['recommendation']['expected_ms']:.2f} ms)")
     if r["best_split"] is not None:
         lines.append(f"best split:  {r['best_split']['label']} ({r['best_split']['expected_ms']:.2f} ms)")
+    lines += render_strategy(r)
     return "\n".join(lines)
 
 

@@ -14,6 +14,9 @@ latency (milliseconds)::
 accuracy drop exceeds ``max_drop_pp`` are never recommended. Neurosurgeon (Kang et al., ASPLOS 2017) picks
 the cut from per-layer regression models; here the layer times are measured directly and the cache's hit rate
 discounts everything after the lookup, which is what moves CCIED's best cut earlier than Neurosurgeon's.
+
+:func:`situation` turns the same profile, link and options into the input of the per-request policy
+(:func:`ccied_p2p.strategy.choose`), so ``ccied-p2p plan`` prints the choice a node makes in that situation.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.split import SplitProfile
+from ccied_p2p.strategy import Costs, Peer, Situation
 
-__all__ = ["Cut", "Link", "Plan", "PruneOption", "cuts_from_profile", "expected", "plan"]
+__all__ = ["Cut", "Link", "Plan", "PruneOption", "cuts_from_profile", "expected", "plan", "situation"]
 
 MBIT = 1_000_000 / 8  # bytes per second in one Mbit/s
 
@@ -223,3 +227,43 @@ def plan(
         )
     plans.sort(key=lambda p: (p.expected_ms, p.kind, p.split_at or "", p.amount))
     return plans
+
+
+def situation(
+    profile: SplitProfile,
+    link: Link,
+    hit_rate: float,
+    options: Mapping[str, Sequence[PruneOption]],
+    *,
+    max_drop_pp: float = 1.0,
+    lookup_at: str | None = None,
+    lookup_ms: float = 0.3,
+    frame_bytes: int = 120,
+    input_wire_bytes: float | None = None,
+    slowdown: float = 1.0,
+    peers: int = 1,
+) -> Situation:
+    """The per-request policy's view of this plan: a device ``slowdown`` times slower than the profile (e.g.
+    1 / its CPU quota), ``peers`` idle peers at the profile's speed behind ``link``, each cut's activation at
+    its smallest admissible wire size, the cache looked up at ``lookup_at`` (default: the profile's split)."""
+    if slowdown <= 0:
+        raise ConfigError(f"slowdown must be > 0, got {slowdown}")
+    cuts = {c.name: c for c in cuts_from_profile(profile, options.keys())}
+    total_s = (profile.head_ms + profile.tail_ms) / 1000.0
+    full = Costs(total_s, {name: c.head_ms / 1000.0 for name, c in cuts.items()})
+    wire: dict[str, int] = {}
+    for name, opts in options.items():
+        sizes = [cuts[name].raw_bytes * o.ratio for o in opts if o.accuracy_drop_pp <= max_drop_pp]
+        if name in cuts and sizes:
+            wire[name] = math.ceil(min(sizes)) + frame_bytes
+    lookup = lookup_at if lookup_at is not None else profile.split_at
+    inputs = profile.input_bytes if input_wire_bytes is None else input_wire_bytes
+    return Situation(
+        device=full.scaled(slowdown),
+        peers=tuple(Peer(f"peer{i}", full, link.bandwidth, link.rtt_s) for i in range(peers)),
+        input_bytes=math.ceil(inputs) + frame_bytes,
+        activation_bytes=wire,
+        hit_rate=hit_rate,
+        lookup_at=lookup if hit_rate > 0 and lookup in cuts else None,
+        lookup_s=lookup_ms / 1000.0,
+    )

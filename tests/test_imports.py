@@ -17,6 +17,7 @@ PURE = (
     "ccied_p2p.gossip.membership",
     "ccied_p2p.cache",
     "ccied_p2p.scheduler",
+    "ccied_p2p.strategy",
     "ccied_p2p.workloads",
     "ccied_p2p.errors",
 )

@@ -140,6 +140,9 @@ class NodeConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_connections: int = 512
     max_connections_per_address: int = 64
+    # The CPU quota this node's process runs under, as a fraction of one core (None: unlimited). Reported in
+    # /status; applied by whoever starts the process (``serve --cpu-quota``, LocalCluster), see runtime.quota.
+    cpu_quota: float | None = None
 
     def validate(self) -> None:
         if not self.secret and not self.insecure:
@@ -163,6 +166,8 @@ class NodeConfig:
             self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
         ):
             raise ConfigError(f"local_tail_ms must be a finite number >= 0, got {self.local_tail_ms}")
+        if self.cpu_quota is not None and not (self.cpu_quota > 0 and math.isfinite(self.cpu_quota)):
+            raise ConfigError(f"cpu_quota must be a fraction of one core > 0, got {self.cpu_quota}")
 
 
 @dataclass(frozen=True)

@@ -694,6 +694,7 @@ class Observer:
                 "uptime_s": _num(self.uptime(), 3),
                 "started": round(self.started_wall, 3),
                 "secure": node.config.secret is not None,
+                "cpu_quota": node.config.cpu_quota,
                 "load": None
                 if me is None or me.load is None
                 else {

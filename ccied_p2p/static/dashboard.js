@@ -261,7 +261,7 @@
 
   function render(st) {
     const me = st.node;
-    $("node-name").textContent = me.name;
+    $("node-name").textContent = me.name + (me.cpu_quota ? " (CPU quota " + Math.round(me.cpu_quota * 100) + "% of a core)" : "");
     document.title = "ccied-p2p · " + me.name;
     $("node-meta").textContent =
       me.address + " · fingerprint " + me.fingerprint.slice(0, 12) + " · split " + me.split + " · up " + Math.round(me.uptime_s) + " s" +

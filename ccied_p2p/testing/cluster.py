@@ -45,6 +45,7 @@ from ccied_p2p.errors import ConfigError, LocalError
 from ccied_p2p.gossip.membership import MemberEvent, MembershipConfig
 from ccied_p2p.presets import CacheSettings
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig, NodeObserver
+from ccied_p2p.runtime.quota import CpuQuota, QuotaSpec
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.linkmodel import LinkSpec
 from ccied_p2p.testing.netns import NetnsLab, unavailable
@@ -99,6 +100,8 @@ class NodeHandle:
     generation: int = 0  # how many times it was started
     killed_at: float | None = None  # monotonic time of the last kill
     log_path: Path | None = None  # subprocess stderr
+    cpu_quota: float | None = None  # fraction of one core its process runs on (subprocess only)
+    quota: CpuQuota | None = None  # the cgroup holding the current process, while it runs
     _readers: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
     @property
@@ -206,7 +209,9 @@ class LocalCluster:
     ``cache_settings`` calibrated cache settings for every node; ``node_options`` more NodeConfig fields
     for in-process nodes (``cache=False``, ``request_timeout=...``). ``netns=True`` (root only) runs every
     node as a subprocess in its own network namespace (:mod:`ccied_p2p.testing.netns`): ``link.rate`` is
-    applied with ``tc tbf`` and partitions split the bridge.
+    applied with ``tc tbf`` and partitions split the bridge. ``cpu_quota`` (a fraction of one core, for every
+    node or one per node, None for unlimited) puts each subprocess node in its own cgroup right after it is
+    spawned (:mod:`ccied_p2p.runtime.quota`); in-process nodes share this process and cannot be quota'd alone.
     """
 
     def __init__(
@@ -229,6 +234,7 @@ class LocalCluster:
         seed: int = 0,
         startup_timeout: float = 180.0,
         netns: bool = False,
+        cpu_quota: float | Sequence[float | None] | None = None,
     ) -> None:
         if not 1 <= n <= 200 or not 1 <= first_host <= 254 - n:
             raise ConfigError(f"LocalCluster: n={n} does not fit 127.0.0.{first_host}..254")
@@ -237,6 +243,20 @@ class LocalCluster:
             raise ConfigError(
                 f"mode must be 'inprocess', 'subprocess' or one of those per node, got {mode!r}"
             )
+        quotas: list[float | None] = (
+            [cpu_quota] * n if cpu_quota is None or isinstance(cpu_quota, int | float) else list(cpu_quota)
+        )
+        if len(quotas) != n:
+            raise ConfigError(f"cpu_quota needs one value per node ({n}), got {len(quotas)}")
+        for q, m in zip(quotas, modes, strict=True):
+            if q is None:
+                continue
+            QuotaSpec(q)  # validates the fraction
+            if m != "subprocess":
+                raise ConfigError(
+                    "cpu_quota applies to subprocess nodes only: in-process nodes share this process, whose "
+                    "quota would slow every node and the harness; use mode='subprocess' for quota'd nodes"
+                )
         if links and link is None:
             link = LinkSpec()
         self.lab: NetnsLab | None = None
@@ -271,6 +291,7 @@ class LocalCluster:
                 self.lab.address(i) if self.lab is not None else f"127.0.0.{first_host + i}",
                 _NETNS_PORT if self.lab is not None else 0,
                 f"127.0.1.{first_host + i}" if link is not None else None,
+                cpu_quota=quotas[i],
             )
             for i in range(n)
         ]
@@ -520,6 +541,7 @@ class LocalCluster:
         if h.process is not None:
             h.process.send_signal(signal.SIGKILL)
             await h.process.wait()
+            await self._release_quota(h)
             await self._cancel_readers(h)
         elif h.node is not None:
             node, h.node = h.node, None
@@ -623,6 +645,8 @@ class LocalCluster:
             args += ["--membership", "quick"]
         if self.cache_settings is not None:
             args += self.cache_settings.as_args()
+        if h.cpu_quota is not None:
+            args += ["--cpu-quota", repr(h.cpu_quota)]  # reported in /status; the group is ours
         return args
 
     async def _start_subprocess(self, h: NodeHandle) -> None:
@@ -641,6 +665,14 @@ class LocalCluster:
         )
         h.process = proc
         h.node_id = None
+        if h.cpu_quota is not None:
+            # Before the child is done importing: it finds itself under this quota and creates no group of its own.
+            try:
+                h.quota = CpuQuota(h.cpu_quota, proc.pid).apply()
+            except BaseException:
+                proc.kill()
+                await proc.wait()
+                raise
         ready: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         h._readers = [
             asyncio.ensure_future(self._read_stdout(h, proc, ready)),
@@ -653,6 +685,7 @@ class LocalCluster:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            await self._release_quota(h)
             await self._cancel_readers(h)
             raise
         if len(words) >= 4:
@@ -715,7 +748,14 @@ class LocalCluster:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        await self._release_quota(h)
         await self._cancel_readers(h)
+
+    @staticmethod
+    async def _release_quota(h: NodeHandle) -> None:
+        quota, h.quota = h.quota, None
+        if quota is not None:
+            await asyncio.to_thread(quota.release)  # may wait a moment for the kernel to let go of the group
 
     def log_text(self, i: int) -> str:
         """What subprocess node ``i`` wrote to stderr in its current (or last) run."""

@@ -1,0 +1,312 @@
+"""Per request, the fastest way to answer: from the cache, locally, by offloading the input, or split (pure).
+
+Which strategy wins depends on the device, the link and the input (Neurosurgeon, Kang et al. ASPLOS 2017):
+measured here with EfficientNet-Lite0 at 224 px and a device at 25% of a core, offloading a 13 KB JPEG beat
+every split at 10 Mbit/s, while at full speed the device's own forward beat everything. :func:`choose` costs
+every option from measurements and returns them best first; the first is the choice, the rest the failover
+order. The cost model, in seconds (``dev(x)`` this device's measured time for x under its own quota, ``peer_p(x)``
+peer p's, ``prefix c`` the model up to cut c, ``rest c`` the model after it)::
+
+    wait(p)       = (queue depth + requests in flight there) / service rate   (unknown rate: a model each)
+                    + a penalty the caller adds, e.g. for a stale load report
+    send(p, B)    = wait(p) + (B + response bytes) / bandwidth(p) + rtt(p) + overhead
+    local         = device queue + dev(model)
+    offload(p)    = encode + send(p, input bytes) + peer_p(model)
+    split(c, p)   = device queue + dev(prefix c) + send(p, activation bytes at c) + peer_p(rest c)
+    cache(l, m)   = device queue + dev(prefix l) + lookup + (1 - hit rate) * miss(m),
+                    miss(local) = dev(rest l),  miss(p) = send(p, activation bytes at l) + peer_p(rest l)
+
+``input bytes`` is what offload sends (the JPEG at the model's input size, or a raw tensor); ``activation
+bytes`` the measured wire size at each cut this device may split at (after pruning and the codec). The cache
+is looked up at one point ``l`` (``lookup_at``); a hit answers after the head and the lookup, a miss continues
+from there, locally or split at ``l``. With ``frames_stay`` (deployments where raw frames must not leave the
+device) offload is never an option. Every option's estimate is the sum of its parts (:class:`Option`); ties
+go to the option that keeps work on the device (local, cache, split, offload), then to the peer's name, so
+the choice is a deterministic function of its arguments. Nothing here reads a clock or does I/O: the runtime
+measures, this module only decides, and ``ccied-p2p plan`` calls the same function.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ccied_p2p.errors import ConfigError
+
+__all__ = [
+    "Costs",
+    "Option",
+    "Peer",
+    "Situation",
+    "Strategy",
+    "StrategyPolicy",
+    "choose",
+]
+
+
+class Strategy(enum.StrEnum):
+    """The four ways to answer a request."""
+
+    CACHE = "cache"
+    LOCAL = "local"
+    OFFLOAD = "offload"
+    SPLIT = "split"
+
+
+# Ties go to the option that keeps the work (and the frame) closest to the device.
+_RANK = {Strategy.LOCAL: 0, Strategy.CACHE: 1, Strategy.SPLIT: 2, Strategy.OFFLOAD: 3}
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """Seconds one device takes for the whole model and for its prefix up to each cut (measured there)."""
+
+    model_s: float
+    prefix_s: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _finite(self.model_s) or not all(_finite(v) for v in self.prefix_s.values()):
+            raise ConfigError(f"costs must be finite seconds >= 0: {self}")
+
+    def head(self, cut: str) -> float:
+        """The model up to and including ``cut``."""
+        try:
+            return min(self.prefix_s[cut], self.model_s)
+        except KeyError:
+            raise ConfigError(f"no measured prefix cost at cut {cut!r}") from None
+
+    def rest(self, cut: str) -> float:
+        """The model after ``cut``."""
+        return max(self.model_s - self.head(cut), 0.0)
+
+    def scaled(self, factor: float) -> Costs:
+        """The same model on a device ``factor`` times slower (e.g. 1 / its CPU quota)."""
+        if not factor > 0:
+            raise ConfigError(f"slowdown factor must be > 0, got {factor}")
+        return Costs(self.model_s * factor, {k: v * factor for k, v in self.prefix_s.items()})
+
+    @classmethod
+    def from_shares(cls, model_s: float, shares: Mapping[str, float]) -> Costs:
+        """Costs from the whole model's time and each cut's share of it (cumulative head share, 0..1)."""
+        return cls(model_s, {k: model_s * s for k, s in shares.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer that runs the same model: its measured costs, this node's measurements of the link, its load.
+
+    ``service_rate``: requests per second it reported (0: unknown; then every waiting request is taken to cost
+    a whole model). ``penalty_s`` is added to its wait (a stale load report, recent failures). ``offload``:
+    whether it accepts whole inputs.
+    """
+
+    name: str
+    costs: Costs
+    bandwidth: float  # bytes per second
+    rtt_s: float
+    queue_depth: int = 0
+    inflight: int = 0
+    service_rate: float = 0.0
+    penalty_s: float = 0.0
+    offload: bool = True
+    node_id: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth > 0 or not _finite(self.rtt_s) or not _finite(self.penalty_s):
+            raise ConfigError(f"invalid peer measurements: {self}")
+
+    def wait_s(self) -> float:
+        waiting = max(self.queue_depth, 0) + max(self.inflight, 0)
+        per = 1.0 / self.service_rate if self.service_rate > 0 else self.costs.model_s
+        return waiting * per + self.penalty_s
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """What is known when a request arrives: this device, its peers, the input and the cache."""
+
+    device: Costs
+    peers: Sequence[Peer] = ()
+    input_bytes: int = 0  # what offload sends: the encoded input (e.g. JPEG) or the raw tensor
+    activation_bytes: Mapping[str, int] = field(default_factory=dict)  # split points -> wire bytes
+    hit_rate: float = 0.0  # the recent hit rate at ``lookup_at``
+    lookup_at: str | None = None  # where the cache is looked up (None: no cache)
+    lookup_s: float = 0.0003
+    device_queue_s: float = 0.0  # work ahead of this request on this device
+    encode_s: float = 0.0  # preparing the input for offload on this device (JPEG encoding)
+    response_bytes: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hit_rate <= 1.0:
+            raise ConfigError(f"hit_rate must be in [0, 1], got {self.hit_rate}")
+        if not all(_finite(v) for v in (self.lookup_s, self.device_queue_s, self.encode_s)):
+            raise ConfigError(f"times must be finite seconds >= 0: {self}")
+        if (
+            self.input_bytes < 0
+            or self.response_bytes < 0
+            or any(b < 0 for b in self.activation_bytes.values())
+        ):
+            raise ConfigError("byte counts must be >= 0")
+        for cut in [*self.activation_bytes, *([self.lookup_at] if self.lookup_at is not None else [])]:
+            self.device.head(cut)  # raises on an unmeasured cut
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyPolicy:
+    """Knobs of :func:`choose`: ``frames_stay`` (never offload raw input), per-request ``overhead_s`` of a
+    remote call (framing, codec, event loop), and which strategies are allowed at all (local always is)."""
+
+    frames_stay: bool = False
+    overhead_s: float = 0.0005
+    allow: frozenset[Strategy] = frozenset(Strategy)
+
+    def __post_init__(self) -> None:
+        if not _finite(self.overhead_s):
+            raise ConfigError(f"overhead_s must be finite and >= 0, got {self.overhead_s}")
+
+    def allows(self, strategy: Strategy) -> bool:
+        if strategy is Strategy.LOCAL:
+            return True
+        if strategy is Strategy.OFFLOAD and self.frames_stay:
+            return False
+        return strategy in self.allow
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One way to answer and its expected seconds, the sum of its parts (cache: expected over hit and miss).
+
+    ``peer``: where the work after this device runs (cache: on a miss), None for this device. ``cut``: the split
+    point, or the cache's lookup point.
+    """
+
+    strategy: Strategy
+    seconds: float
+    peer: str | None = None
+    cut: str | None = None
+    device_s: float = 0.0  # queue, compute and lookup on this device
+    wait_s: float = 0.0
+    transfer_s: float = 0.0
+    rtt_s: float = 0.0
+    remote_s: float = 0.0
+    overhead_s: float = 0.0
+    hit_rate: float = 0.0
+    node_id: bytes = b""
+
+    @property
+    def label(self) -> str:
+        where = f" -> {self.peer}" if self.peer is not None else ""
+        if self.strategy is Strategy.CACHE:
+            return f"cache@{self.cut} (miss: {self.peer or 'local'})"
+        if self.strategy is Strategy.SPLIT:
+            return f"split@{self.cut}{where}"
+        return f"{self.strategy.value}{where}"
+
+    def sort_key(self) -> tuple[float, int, int, str, bytes, str]:
+        """Estimate first; on a tie, work kept on the device, then names (cache misses served here first)."""
+        return (
+            self.seconds,
+            _RANK[self.strategy],
+            0 if self.peer is None else 1,
+            self.peer or "",
+            self.node_id,
+            self.cut or "",
+        )
+
+
+def _option(
+    strategy: Strategy,
+    peer: Peer | None,
+    cut: str | None,
+    device_s: float,
+    wait_s: float = 0.0,
+    transfer_s: float = 0.0,
+    rtt_s: float = 0.0,
+    remote_s: float = 0.0,
+    overhead_s: float = 0.0,
+    hit_rate: float = 0.0,
+) -> Option:
+    seconds = device_s + wait_s + transfer_s + rtt_s + remote_s + overhead_s
+    return Option(
+        strategy,
+        seconds,
+        None if peer is None else peer.name,
+        cut,
+        device_s,
+        wait_s,
+        transfer_s,
+        rtt_s,
+        remote_s,
+        overhead_s,
+        hit_rate,
+        b"" if peer is None else peer.node_id,
+    )
+
+
+def _remote(
+    peer: Peer, nbytes: int, compute_s: float, s: Situation, policy: StrategyPolicy
+) -> tuple[float, float, float, float, float]:
+    """(wait, transfer, rtt, remote compute, overhead) of sending ``nbytes`` to ``peer``."""
+    transfer = (nbytes + s.response_bytes) / peer.bandwidth
+    return (peer.wait_s(), transfer, peer.rtt_s, compute_s, policy.overhead_s)
+
+
+def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[Option]:
+    """Every admissible option, best (lowest expected seconds) first; local is always among them."""
+    policy = policy if policy is not None else StrategyPolicy()
+    s = situation
+    queue = s.device_queue_s
+    out = [_option(Strategy.LOCAL, None, None, queue + s.device.model_s)]
+    for peer in s.peers:
+        if policy.allows(Strategy.OFFLOAD) and peer.offload:
+            wait, transfer, rtt, compute, overhead = _remote(
+                peer, s.input_bytes, peer.costs.model_s, s, policy
+            )
+            out.append(
+                _option(Strategy.OFFLOAD, peer, None, s.encode_s, wait, transfer, rtt, compute, overhead)
+            )
+        if policy.allows(Strategy.SPLIT):
+            for cut, nbytes in s.activation_bytes.items():
+                if cut not in peer.costs.prefix_s:
+                    continue
+                parts = _remote(peer, nbytes, peer.costs.rest(cut), s, policy)
+                out.append(_option(Strategy.SPLIT, peer, cut, queue + s.device.head(cut), *parts))
+    lookup = s.lookup_at
+    if lookup is not None and policy.allows(Strategy.CACHE):
+        hit_cost = queue + s.device.head(lookup) + s.lookup_s
+        miss = 1.0 - s.hit_rate
+        out.append(
+            _option(
+                Strategy.CACHE, None, lookup, hit_cost + miss * s.device.rest(lookup), hit_rate=s.hit_rate
+            )
+        )
+        at_lookup = s.activation_bytes.get(lookup)
+        if at_lookup is not None and policy.allows(Strategy.SPLIT):
+            for peer in s.peers:
+                if lookup not in peer.costs.prefix_s:
+                    continue
+                wait, transfer, rtt, compute, overhead = _remote(
+                    peer, at_lookup, peer.costs.rest(lookup), s, policy
+                )
+                out.append(
+                    _option(
+                        Strategy.CACHE,
+                        peer,
+                        lookup,
+                        hit_cost,
+                        miss * wait,
+                        miss * transfer,
+                        miss * rtt,
+                        miss * compute,
+                        miss * overhead,
+                        hit_rate=s.hit_rate,
+                    )
+                )
+    out.sort(key=Option.sort_key)
+    return out
