@@ -123,6 +123,8 @@ class Peer:
 
     def wait_s(self) -> float:
         waiting = max(self.queue_depth, 0) + max(self.inflight, 0)
+        if waiting == 0:
+            return self.penalty_s  # 0 x (1 / a vanishing rate) would be NaN, which no ordering survives
         per = 1.0 / self.service_rate if self.service_rate > 0 else self.costs.model_s
         return waiting * per + self.penalty_s
 
