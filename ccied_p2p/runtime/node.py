@@ -28,6 +28,7 @@ import torch
 from aiohttp import web
 
 from ccied_p2p.cache import Hit, SemanticCache
+from ccied_p2p.codec.admission import AdmissionPolicy, PeerBudget
 from ccied_p2p.codec.auth import Role, new_nonce
 from ccied_p2p.codec.messages import (
     Ack,
@@ -47,7 +48,7 @@ from ccied_p2p.codec.messages import (
     PingReq,
 )
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
-from ccied_p2p.codec.wire import encode_message
+from ccied_p2p.codec.wire import Frame, encode_message
 from ccied_p2p.errors import (
     AuthenticationError,
     CCIEDError,
@@ -114,7 +115,10 @@ class NodeConfig:
     serve: bool = True  # False: refuse peers' tail requests
     limits: Limits = DEFAULT_LIMITS
     load_interval: float = 0.5  # how often this node republishes its load and cache summary
-    max_batch: int = 32  # most rows the tail worker runs at once (1: no batching)
+    max_batch: int = 32  # most rows the tail worker runs at once (1: no batching), and per peer request
+    # What one peer may have waiting or computing here at once; more is refused "busy" (docs/wire-format.md).
+    peer_queue_rows: int = 256
+    peer_queue_bytes: int = 8 << 20
     inline_tail_ms: float = 0.5  # tails shorter than this run on the event loop, not the worker thread
     observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
 
@@ -130,6 +134,11 @@ class NodeConfig:
             raise ConfigError(f"port {self.port} out of range")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be > 0")
+        if not 1 <= self.max_batch <= self.limits.max_items:
+            # An answer carries one label per row, and a frame at most max_items of them.
+            raise ConfigError(f"max_batch must be in 1..{self.limits.max_items}, got {self.max_batch}")
+        if self.peer_queue_rows < self.max_batch or self.peer_queue_bytes < 0:
+            raise ConfigError("peer_queue_rows must be >= max_batch and peer_queue_bytes >= 0")
         if self.local_tail_ms is not None and not (
             self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
         ):
@@ -185,6 +194,7 @@ class NodeStats:
     served: int = 0
     serve_errors: int = 0
     auth_failures: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # peer frames refused, by ErrorMessage code
     gossip_rounds: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
@@ -216,6 +226,17 @@ class Node:
         self.host = ""
         self.counters = NodeStats()
         self.links: dict[bytes, Link] = {}
+        self._budgets: dict[Link, PeerBudget] = {}
+        self._policy = AdmissionPolicy(
+            activation_shape=tuple(split.activation_shape),
+            max_rows=config.max_batch,
+            max_feature=max(1, math.prod(split.activation_shape)),
+            queue_rows=config.peer_queue_rows,
+            queue_bytes=config.peer_queue_bytes,
+        )
+        self._refusal_window = -math.inf
+        self._refusals_logged = 0
+        self._refusals_quiet = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dialing: dict[bytes, asyncio.Task[Any]] = {}
         self._outbox: dict[bytes, list[Message]] = {}
@@ -434,6 +455,7 @@ class Node:
             "served": s.served,
             "serve_errors": s.serve_errors,
             "auth_failures": s.auth_failures,
+            "refused": dict(s.refused),
             "bytes_sent": s.bytes_sent,
             "bytes_raw": s.bytes_raw,
             "cache": None if cstats is None else dataclasses.asdict(cstats),
@@ -679,7 +701,47 @@ class Node:
 
     # ------------------------------------------------------------------ serving
 
+    async def _admit(self, link: Link, frame: Frame) -> bool:
+        """Refuse, before decoding, what this node would never serve or what the peer has no budget for."""
+        budget = self._budgets.get(link)
+        if budget is None:
+            if link.closed.is_set():
+                return False
+            budget = self._budgets[link] = PeerBudget()
+        refused = budget.admit(frame, self._policy)
+        if refused is None:
+            return True
+        self._refuse(link, refused.code.value, refused.reason)
+        if refused.request_id is not None:
+            with contextlib.suppress(LinkClosedError):
+                # Awaited in the link's read loop: a peer that does not read its refusals stops being read.
+                await link.send(ErrorMessage(refused.request_id, refused.code.value, refused.reason))
+        return False
+
+    def _refuse(self, link: Link, code: str, reason: str) -> None:
+        """Count a refusal and log it, at most 20 lines per 10 s (then one line with the count)."""
+        refused = self.counters.refused
+        refused[code] = refused.get(code, 0) + 1
+        now = time.monotonic()
+        if now - self._refusal_window > 10.0:
+            if self._refusals_quiet:
+                log.warning("[%s] %d more peer requests refused", self.config.name, self._refusals_quiet)
+            self._refusal_window, self._refusals_logged, self._refusals_quiet = now, 0, 0
+        if self._refusals_logged >= 20:
+            self._refusals_quiet += 1
+            return
+        self._refusals_logged += 1
+        log.warning("[%s] refused a request from %s (%s): %s", self.config.name, link.peer.name, code, reason)
+
     async def _serve(self, link: Link, msg: InferRequest, decode_s: float) -> None:
+        try:
+            await self._serve_one(link, msg, decode_s)
+        finally:
+            budget = self._budgets.get(link)
+            if budget is not None:
+                budget.release(len(msg.activation), msg.activation.nbytes)
+
+    async def _serve_one(self, link: Link, msg: InferRequest, decode_s: float) -> None:
         reply: Message
         if not self.config.serve:
             reply = ErrorMessage(msg.request_id, "refused", f"{self.config.name} does not serve tails")
@@ -708,7 +770,7 @@ class Node:
                     )
         if isinstance(reply, ErrorMessage):
             self.counters.serve_errors += 1
-            log.warning("[%s] refused a request from %s: %s", self.config.name, link.peer.name, reply.message)
+            self._refuse(link, reply.code, reply.message)
         with contextlib.suppress(LinkClosedError):
             await link.send(reply)
 
@@ -740,6 +802,8 @@ class Node:
             return
         known = dict(msg.known)
         entries = self.cache.entries_since(known, max_bytes=min(msg.max_bytes, 256 << 10))
+        # A prefix keeps the asker's per-origin high-water marks honest; more would not decode there.
+        del entries[self.config.limits.max_items :]
         if entries:
             await link.send(CacheEntries(tuple(entries)))
 
@@ -779,6 +843,7 @@ class Node:
             self.config.limits,
             self._on_message,
             self.config.max_in_flight,
+            admit=self._admit,
         )
         await self._adopt(link)
         return ws
@@ -838,6 +903,7 @@ class Node:
         try:
             await link.run()
         finally:
+            self._budgets.pop(link, None)
             if self.links.get(pid) is link:
                 del self.links[pid]
                 self._links_changed.set()
@@ -876,6 +942,7 @@ class Node:
             self._on_message,
             self.config.max_in_flight,
             address=(host, port),
+            admit=self._admit,
         )
         self._spawn(self._adopt(link), f"link:{peer.name}")
 

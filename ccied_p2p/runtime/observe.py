@@ -262,6 +262,14 @@ class _Collector:
             "Peer tail requests refused (fingerprint, shape, serve=False).",
             c.serve_errors,
         )
+        refused = CounterMetricFamily(
+            "ccied_peer_refused",
+            "Peer frames refused before or instead of serving them (shape, rows, busy, feature, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(c.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield from self._cache(obs)
         yield from self._peers(obs, now)
         yield from self._links(obs)
@@ -697,6 +705,7 @@ class Observer:
                 "latency_ms": _percentiles_ms(v for d in self._latencies.values() for v in d),
                 "served": c.served,
                 "serve_errors": c.serve_errors,
+                "refused": dict(c.refused),
             },
             "bytes": {
                 "activation_sent": c.bytes_sent,
