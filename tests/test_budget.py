@@ -31,12 +31,10 @@ from ccied_p2p.codec.messages import Ack, ErrorMessage, Hello, InferRequest, Inf
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, encode_tensor
 from ccied_p2p.codec.wire import MESSAGE_TYPES, decode_message, encode_message
 from ccied_p2p.errors import CodecError
-from ccied_p2p.runtime.node import InferenceResult, Node
+from ccied_p2p.runtime.node import InferenceResult, Node, _TailJob, _TailQueue
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.cluster import LocalCluster
-
-pytestmark = pytest.mark.network
 
 SECRET = "budget-secret-0123456789"
 MIB = 1 << 20
@@ -219,6 +217,7 @@ async def _burst(
     )
 
 
+@pytest.mark.network
 async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
     split: SplitModel, data: datasets.Dataset
 ) -> None:
@@ -336,3 +335,28 @@ async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
     # Refusals are logged at a bounded rate: at most 20 lines per 10 s window (then one summary line).
     lines = log_text.count("refused a request from mallory")
     assert 1 <= lines <= 20 * (2 + int(attack_s // 10)), lines
+
+
+async def test_the_tail_queue_serves_askers_round_robin_so_a_full_budget_delays_others_one_batch() -> None:
+    loop = asyncio.get_running_loop()
+
+    def job(rows: int) -> _TailJob:
+        return _TailJob(np.zeros((rows, 1), np.float32), loop.create_future(), 0.0)
+
+    queue = _TailQueue()
+    flood, honest, local = object(), object(), None
+    mallory = [job(32) for _ in range(8)]
+    for j in mallory:
+        queue.append(flood, j)
+    mine, ours = job(1), job(1)
+    queue.append(honest, mine)
+    queue.append(local, ours)
+    assert sorted(map(id, queue)) == sorted(map(id, [*mallory, mine, ours]))
+    order = []
+    while queue:
+        head = queue.peek()
+        order.append(queue.popleft())
+        assert order[-1] is head
+    assert order[:4] == [mallory[0], mine, ours, mallory[1]]  # not behind all 256 of mallory's rows
+    assert order[3:] == mallory[1:]
+    assert not queue

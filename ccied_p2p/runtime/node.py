@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
@@ -170,6 +170,40 @@ class _TailJob:
     queued: float
 
 
+class _TailQueue:
+    """Tail jobs, FIFO per owner (a peer's link, or None for this node), served round-robin across owners.
+
+    A peer with its whole budget queued (``peer_queue_rows``) then delays another's request by about one batch,
+    not by everything it queued.
+    """
+
+    __slots__ = ("_by_owner",)
+
+    def __init__(self) -> None:
+        self._by_owner: dict[object, deque[_TailJob]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_owner)
+
+    def __iter__(self) -> Iterator[_TailJob]:
+        for jobs in self._by_owner.values():
+            yield from jobs
+
+    def append(self, owner: object, job: _TailJob) -> None:
+        self._by_owner.setdefault(owner, deque()).append(job)
+
+    def peek(self) -> _TailJob:
+        return next(iter(self._by_owner.values()))[0]
+
+    def popleft(self) -> _TailJob:
+        owner, jobs = next(iter(self._by_owner.items()))
+        job = jobs.popleft()
+        del self._by_owner[owner]
+        if jobs:
+            self._by_owner[owner] = jobs  # to the back of the rotation
+        return job
+
+
 class NodeObserver(Protocol):
     """Told about what a node does (metrics, dashboards); every method must return quickly and not raise."""
 
@@ -245,7 +279,7 @@ class Node:
         self._local_tail = Ewma(alpha=0.2)
         self._served_rate = RateEstimator()
         self._local_queue = 0
-        self._tail_jobs: deque[_TailJob] = deque()
+        self._tail_jobs = _TailQueue()
         self._tail_wake = asyncio.Event()
         self._tail_compute = Ewma(alpha=0.2)  # seconds of pure compute per batch
         self._executor: ThreadPoolExecutor | None = None
@@ -485,10 +519,13 @@ class Node:
         act = self.split.head(x)
         return act.numpy(), time.perf_counter() - start
 
-    async def _local_tail_run(self, act: np.ndarray[Any, Any]) -> tuple[list[int], list[float], float, float]:
-        """Queue rows for the tail worker; returns labels, confidences, compute and queue seconds."""
+    async def _local_tail_run(
+        self, act: np.ndarray[Any, Any], owner: object = None
+    ) -> tuple[list[int], list[float], float, float]:
+        """Queue rows for the tail worker (``owner``: the asking peer's link, None for this node); returns
+        labels, confidences, compute and queue seconds."""
         job = _TailJob(act, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._tail_jobs.append(job)
+        self._tail_jobs.append(owner, job)
         self._local_queue += len(act)
         self._tail_wake.set()
         return await job.future
@@ -497,7 +534,8 @@ class Node:
         """Dynamic batching: whatever queued while the last batch computed runs next, as one batch.
 
         A lone request runs at once (no timer); under load, batches form by themselves up to ``max_batch``
-        rows, which is what makes a CPU tail serve more requests per second.
+        rows, which is what makes a CPU tail serve more requests per second. Jobs are taken round-robin
+        across askers (:class:`_TailQueue`).
         """
         jobs = self._tail_jobs
         limit = max(1, self.config.max_batch)
@@ -507,7 +545,7 @@ class Node:
             while jobs:
                 batch = [jobs.popleft()]
                 rows = len(batch[0].act)
-                while jobs and rows + len(jobs[0].act) <= limit:
+                while jobs and rows + len(jobs.peek().act) <= limit:
                     batch.append(jobs.popleft())
                     rows += len(batch[-1].act)
                 batch = [j for j in batch if not j.future.done()]
@@ -754,7 +792,7 @@ class Node:
                 f"activation {msg.activation.shape}, expected (N, *{self.split.activation_shape})",
             )
         else:
-            labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation)
+            labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation, link)
             self.counters.served += 1
             self._notify("on_served", len(labels), tail_s)
             reply = InferResponse(
