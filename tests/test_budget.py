@@ -293,6 +293,8 @@ async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
 
             async with session.get(f"http://{cluster.nodes[0].address}/status") as resp:
                 status = await resp.json()
+            async with session.get(f"http://{cluster.nodes[0].address}/metrics") as resp:
+                metrics = await resp.text()
         log_text = cluster.log_text(0)
         seen = [
             (s.kind, s.observer) for s in cluster.sightings if s.member == "node0" and s.observer == "node1"
@@ -331,6 +333,8 @@ async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
     assert replies.get("answer", 0) >= 1 + 256 // 32
     assert replies["rows"] + replies["busy"] + replies["answer"] == 3 * BURST + 1
     assert refused == {"rows": replies["rows"], "busy": replies["busy"]}
+    assert f'ccied_peer_refused_total{{reason="rows"}} {float(2 * BURST)}' in metrics
+    assert f'ccied_peer_refused_total{{reason="busy"}} {float(replies["busy"])}' in metrics
     assert not hostile_closed
     # Refusals are logged at a bounded rate: at most 20 lines per 10 s window (then one summary line).
     lines = log_text.count("refused a request from mallory")
