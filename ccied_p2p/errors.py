@@ -7,6 +7,7 @@
      │    ├── ConfigError           a bad setting (no secret, bad split name, ...)
      │    ├── SplitError            the model cannot be split as asked
      │    └── EncodeError           a tensor or message that cannot be encoded
+     │         └── EncodeLimitError   above a codec limit: the receiver would refuse it
      ├── DataUnavailableError       a data set or weights file is missing (a FileNotFoundError too)
      └── RemoteError                bytes or a peer from outside misbehaved
           ├── CodecError            bytes that do not decode (a ValueError too)
@@ -33,6 +34,7 @@ __all__ = [
     "DataUnavailableError",
     "DecompressionError",
     "EncodeError",
+    "EncodeLimitError",
     "FingerprintMismatchError",
     "LimitExceededError",
     "LocalError",
@@ -64,6 +66,10 @@ class SplitError(LocalError):
 
 class EncodeError(LocalError):
     """A value cannot be encoded (wrong dtype, too large, ...)."""
+
+
+class EncodeLimitError(EncodeError):
+    """A message or tensor above a :class:`~ccied_p2p.codec.Limits` bound: every decoder would refuse it."""
 
 
 class DataUnavailableError(CCIEDError, FileNotFoundError):

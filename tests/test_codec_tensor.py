@@ -29,6 +29,7 @@ from ccied_p2p.errors import (
     CodecError,
     DecompressionError,
     EncodeError,
+    EncodeLimitError,
     LimitExceededError,
     MalformedError,
     TruncatedError,
@@ -249,7 +250,9 @@ def test_int8_extreme_values_round_trip_finite() -> None:
 
 
 def test_too_many_dimensions() -> None:
-    blob = encode_tensor(np.zeros((1,) * 9, np.float32), "dense-f32")
+    with pytest.raises(EncodeLimitError, match="dimensions"):
+        encode_tensor(np.zeros((1,) * 9, np.float32), "dense-f32")
+    blob = encode_tensor(np.zeros((1,) * 9, np.float32), "dense-f32", Limits(max_ndim=9))
     with pytest.raises(LimitExceededError, match="dimensions"):
         decode_tensor(blob)
     assert decode_tensor(blob, Limits(max_ndim=9)).shape == (1,) * 9

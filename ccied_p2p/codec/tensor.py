@@ -20,11 +20,13 @@ for subnormal channels).
 NaN and infinities are never encoded (:class:`EncodeError`) and never decoded (:class:`MalformedError`).
 
 Decoding checks every field against :class:`Limits` before allocating anything, and raises only
-:class:`~ccied_p2p.errors.CodecError` subclasses on bad bytes.
+:class:`~ccied_p2p.errors.CodecError` subclasses on bad bytes. Encoding checks the same :class:`Limits`
+(:class:`~ccied_p2p.errors.EncodeLimitError`), so whatever encodes also decodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from abc import ABC, abstractmethod
@@ -37,8 +39,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ccied_p2p.errors import (
+    ConfigError,
     DecompressionError,
     EncodeError,
+    EncodeLimitError,
     LimitExceededError,
     MalformedError,
     TruncatedError,
@@ -81,7 +85,10 @@ _U32_MAX: Final = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Upper bounds a decoder enforces before it allocates; shared by the tensor and the frame layer."""
+    """The one table of bounds: decoders enforce it before they allocate, encoders before they send.
+
+    Shared by the tensor and the frame layer, and by both ends of a link (``docs/wire-format.md``, section 4).
+    """
 
     max_frame_bytes: int = 8 << 20
     max_metadata_bytes: int = 1 << 20
@@ -93,6 +100,14 @@ class Limits:
     max_items: int = 1024
     max_string_bytes: int = 4096
     max_bytes_len: int = 256
+
+    def __post_init__(self) -> None:
+        # Below these floors no message could pass (a member update is a 9-field array, a node id 16 bytes),
+        # and an encoder could no longer promise that what it sends decodes.
+        floors = {"max_items": 9, "max_bytes_len": 16, "max_ndim": 1, "max_dim": 1, "max_elements": 1}
+        for name, value in dataclasses.asdict(self).items():
+            if type(value) is not int or value < floors.get(name, 0):
+                raise ConfigError(f"Limits.{name} must be an int >= {floors.get(name, 0)}, got {value!r}")
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -202,18 +217,27 @@ class TensorEncoding(ABC):
 
     # -- encoding -----------------------------------------------------------------------------------------
 
-    def encode(self, array: npt.NDArray[np.floating[Any]]) -> bytes:
-        """The tensor blob for ``array`` (any float dtype; values must be finite)."""
+    def encode(
+        self,
+        array: npt.NDArray[np.floating[Any]],
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        max_elements: int | None = None,
+    ) -> bytes:
+        """The tensor blob for ``array`` (any float dtype; values must be finite, shape within ``limits``)."""
         x = _as_float32(array)
         shape = x.shape
+        _check_shape(shape, limits, limits.max_elements if max_elements is None else max_elements)
         n, c, s = _ncs(shape)
         parts = self._encode_body(x.reshape(n, c, s))
         head = _HEAD.pack(self.code, len(shape)) + _SHAPES[len(shape)].pack(*shape)
         if not self.lz4:
             return b"".join((head, *parts))
         body = b"".join(parts)
-        if len(body) > _U32_MAX:
-            raise EncodeError("tensor body too large for the format")
+        if len(body) > limits.max_decompressed_bytes:
+            raise EncodeLimitError(
+                f"tensor body of {len(body)} bytes, limit max_decompressed_bytes={limits.max_decompressed_bytes}"
+            )
         return b"".join((head, _U32.pack(len(body)), lz4.block.compress(body, store_size=False)))
 
     def estimate_compression_ratio(self, array: npt.NDArray[np.floating[Any]]) -> float:
@@ -305,6 +329,17 @@ class TensorEncoding(ABC):
         if not _finite(values):
             raise MalformedError("tensor holds NaN or infinity")
         return values
+
+
+def _check_shape(shape: tuple[int, ...], limits: Limits, max_elements: int) -> None:
+    """The decoder's shape rules (:func:`_parse_shape`), on the encoding side."""
+    if len(shape) > limits.max_ndim:
+        raise EncodeLimitError(f"tensor has {len(shape)} dimensions, limit max_ndim={limits.max_ndim}")
+    if shape and max(shape) > limits.max_dim:
+        raise EncodeLimitError(f"tensor dimension {max(shape)} above limit max_dim={limits.max_dim}")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise EncodeLimitError(f"tensor has {count} elements, limit {max_elements}")
 
 
 def _parse_shape(view: Buffer, limits: Limits, max_elements: int) -> tuple[tuple[int, ...], int]:
@@ -476,18 +511,23 @@ def encoding_of(data: Buffer) -> TensorEncoding:
         raise UnsupportedError(f"unknown tensor encoding id {code}") from None
 
 
-def peek_shape(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
+def peek_shape(
+    data: Buffer, limits: Limits = DEFAULT_LIMITS, *, max_elements: int | None = None
+) -> tuple[int, ...]:
     """The shape a blob declares, checked against ``limits``, without decoding the body."""
     encoding_of(data)
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-    return _parse_shape(view, limits, limits.max_elements)[0]
+    return _parse_shape(view, limits, limits.max_elements if max_elements is None else max_elements)[0]
 
 
 def encode_tensor(
-    array: npt.NDArray[np.floating[Any]], encoding: str | TensorEncoding = "sparse-f16-lz4"
+    array: npt.NDArray[np.floating[Any]],
+    encoding: str | TensorEncoding = "sparse-f16-lz4",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
-    """Encode ``array`` with the named encoding; EncodeError for unknown names or non-finite values."""
-    return get_encoding(encoding).encode(array)
+    """Encode ``array`` with the named encoding; EncodeError for unknown names, non-finite values or a shape
+    above ``limits`` (:class:`~ccied_p2p.errors.EncodeLimitError`)."""
+    return get_encoding(encoding).encode(array, limits)
 
 
 def decode_tensor(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> FloatArray:

@@ -9,7 +9,12 @@ A frame is an 8-byte header, msgpack metadata, then tensor blobs (:mod:`ccied_p2
 Nothing may follow the last blob. Field-by-field layouts per message type are in ``docs/wire-format.md``.
 :func:`decode_message` checks every length, count, range and type against :class:`Limits` before it
 allocates, and raises only :class:`~ccied_p2p.errors.CodecError` subclasses on bad bytes;
-:func:`encode_message` raises :class:`~ccied_p2p.errors.EncodeError` for a message it cannot represent.
+:func:`encode_message` checks the same :class:`Limits` and raises :class:`~ccied_p2p.errors.EncodeError`
+(:class:`~ccied_p2p.errors.EncodeLimitError` above a limit) for a message the other side would refuse.
+
+Decoding in two steps lets a receiver refuse before it allocates: :func:`peek_message` checks the framing and
+metadata and reads every tensor's shape from its header (a :class:`Frame`); :meth:`Frame.decode` then
+inflates the tensors and builds the message.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
@@ -53,9 +59,11 @@ from ccied_p2p.codec.tensor import (
     TensorEncoding,
     encoding_of,
     get_encoding,
+    peek_shape,
 )
 from ccied_p2p.errors import (
     EncodeError,
+    EncodeLimitError,
     LimitExceededError,
     MalformedError,
     TruncatedError,
@@ -69,10 +77,13 @@ __all__ = [
     "HEADER_SIZE",
     "MESSAGE_TYPES",
     "NODE_ID_BYTES",
+    "Frame",
     "Limits",
+    "TensorInfo",
     "decode_message",
     "encode_message",
     "message_type",
+    "peek_message",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -113,14 +124,22 @@ _U32_MAX: Final = (1 << 32) - 1
 
 
 class _Check:
-    __slots__ = ("error", "limits")
+    __slots__ = ("error", "limit_error", "limits")
 
     def __init__(self, error: type[EncodeError] | type[MalformedError], limits: Limits) -> None:
         self.error = error
+        # A value above a limit: the encoder says so by type; the decoder keeps MalformedError (msgpack's own
+        # bounds already caught most such fields as malformed metadata).
+        self.limit_error: type[EncodeError] | type[MalformedError] = (
+            EncodeLimitError if error is EncodeError else error
+        )
         self.limits = limits
 
     def fail(self, what: str) -> Exception:
         return self.error(what)
+
+    def over(self, what: str) -> Exception:
+        return self.limit_error(what)
 
     def int_(self, value: object, name: str, lo: int = 0, hi: int = _U64_MAX) -> int:
         if type(value) is not int:
@@ -158,7 +177,7 @@ class _Check:
             and len(value) * 4 > self.limits.max_string_bytes
             and len(value.encode("utf-8", "surrogatepass")) > self.limits.max_string_bytes
         ):
-            raise self.fail(f"{name} is longer than {self.limits.max_string_bytes} bytes")
+            raise self.over(f"{name} is longer than max_string_bytes={self.limits.max_string_bytes}")
         return value
 
     def bytes_(self, value: object, name: str, exact: int | None = None) -> bytes:
@@ -167,7 +186,7 @@ class _Check:
         if exact is not None and len(value) != exact:
             raise self.fail(f"{name} must be {exact} bytes, got {len(value)}")
         if len(value) > self.limits.max_bytes_len:
-            raise self.fail(f"{name} is longer than {self.limits.max_bytes_len} bytes")
+            raise self.over(f"{name} is longer than max_bytes_len={self.limits.max_bytes_len}")
         return value
 
     def seq(self, value: object, name: str, length: int | None = None) -> list[Any] | tuple[Any, ...]:
@@ -176,11 +195,13 @@ class _Check:
         if length is not None and len(value) != length:
             raise self.fail(f"{name} must have {length} fields, got {len(value)}")
         if len(value) > self.limits.max_items:
-            raise self.fail(f"{name} has {len(value)} items, limit {self.limits.max_items}")
+            raise self.over(f"{name} has {len(value)} items, limit max_items={self.limits.max_items}")
         return value
 
 
-_ENC = _Check(EncodeError, Limits(max_string_bytes=1 << 30, max_bytes_len=1 << 30, max_items=1 << 30))
+# Both sides check the same table: before this, the encoder used looser bounds, and an InferResponse with
+# 1 025 labels encoded but did not decode.
+_ENC = _Check(EncodeError, DEFAULT_LIMITS)
 _DEC = _Check(MalformedError, DEFAULT_LIMITS)
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,6 +347,8 @@ def _in_auth(c: _Check, f: list[Any], t: list[FloatArray], enc: list[str]) -> Au
 
 
 def _out_infer_request(c: _Check, m: InferRequest) -> tuple[list[Any], _Tensors]:
+    if not isinstance(m.activation, np.ndarray) or m.activation.ndim < 1:
+        raise c.fail("activation must be a numpy array with a batch axis")
     return [
         c.int_(m.request_id, "request_id"),
         c.str_(m.fingerprint, "fingerprint"),
@@ -350,8 +373,10 @@ def _out_infer_response(c: _Check, m: InferResponse) -> tuple[list[Any], _Tensor
     confidences = [c.float_(x, "confidence") for x in c.seq(m.confidences, "confidences")]
     if len(labels) != len(confidences):
         raise c.fail(f"{len(labels)} labels but {len(confidences)} confidences")
-    if not isinstance(m.timings, dict) or len(m.timings) > c.limits.max_items:
-        raise c.fail("timings must be a dict of at most max_items entries")
+    if not isinstance(m.timings, dict):
+        raise c.fail("timings must be a dict")
+    if len(m.timings) > c.limits.max_items:
+        raise c.over(f"timings has {len(m.timings)} entries, limit max_items={c.limits.max_items}")
     timings = {c.str_(k, "timing name"): c.float_(v, "timing") for k, v in m.timings.items()}
     return [c.int_(m.request_id, "request_id"), labels, confidences, timings], []
 
@@ -575,28 +600,37 @@ def message_type(data: Buffer) -> int:
     return int(mtype)
 
 
-def encode_message(msg: Message) -> bytes:
-    """The frame for ``msg``; EncodeError if a field cannot be represented (type, range, NaN, ...)."""
+def encode_message(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The frame for ``msg``; EncodeError if a field cannot be represented (type, range, NaN, ...) and
+    EncodeLimitError if the frame breaks a bound of ``limits`` that :func:`decode_message` enforces."""
     out = _OUT.get(type(msg))
     if out is None:
         raise EncodeError(f"not a wire message: {type(msg).__name__}")
-    meta, tensors = out(_ENC, msg)
+    meta, tensors = out(_ENC if limits is DEFAULT_LIMITS else _Check(EncodeError, limits), msg)
     try:
         packed = msgpack.packb(meta, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"metadata does not pack: {exc}") from None
+    if len(packed) > limits.max_metadata_bytes:
+        raise EncodeLimitError(
+            f"metadata of {len(packed)} bytes, limit max_metadata_bytes={limits.max_metadata_bytes}"
+        )
+    if len(tensors) > limits.max_tensors:
+        raise EncodeLimitError(f"{len(tensors)} tensors, limit max_tensors={limits.max_tensors}")
     parts: list[bytes] = [
         _HEADER.pack(FORMAT_VERSION, MESSAGE_TYPES[type(msg)], len(tensors), len(packed)),
         packed,
     ]
-    if len(tensors) > 0xFFFF or len(packed) > _U32_MAX:
-        raise EncodeError("message too large for the frame format")
+    size = HEADER_SIZE + len(packed)
+    budget = limits.max_elements  # per frame, as the decoder counts it
     for array, encoding in tensors:
-        blob = encoding.encode(array)
-        if len(blob) > _U32_MAX:
-            raise EncodeError("tensor too large for the frame format")
+        blob = encoding.encode(array, limits, max_elements=budget)
+        budget -= math.prod(array.shape)
         parts.append(_U32.pack(len(blob)))
         parts.append(blob)
+        size += 4 + len(blob)
+    if size > limits.max_frame_bytes:
+        raise EncodeLimitError(f"frame of {size} bytes, limit max_frame_bytes={limits.max_frame_bytes}")
     return b"".join(parts)
 
 
@@ -623,8 +657,71 @@ def _unpack_metadata(meta: Buffer, limits: Limits) -> list[Any]:
     return obj
 
 
-def decode_message(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """The message in a frame; only CodecError subclasses escape, for any bytes at all."""
+_HAS_REQUEST_ID: Final = frozenset(
+    MESSAGE_TYPES[t] for t in (InferRequest, InferResponse, ErrorMessage, CacheLookup, CacheLookupResult)
+)
+_CLASS_OF: Final[dict[int, type[Any]]] = {code: cls for cls, code in MESSAGE_TYPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """What a tensor blob's header declares: enough to refuse it before it is inflated."""
+
+    encoding: str
+    shape: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The float32 array it decodes to (lz4 and bitmaps add at most as much again, briefly)."""
+        return 4 * self.elements
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """A frame whose header, metadata and tensor headers passed :class:`Limits`; tensors not yet decoded.
+
+    ``request_id`` is the message's request id when its type has one and the field is a valid u64.
+    """
+
+    kind: type[Message]
+    request_id: int | None
+    tensors: tuple[TensorInfo, ...]
+    _fields: list[Any]
+    _blobs: tuple[memoryview, ...]
+    _limits: Limits
+
+    @property
+    def decoded_bytes(self) -> int:
+        return sum(t.decoded_bytes for t in self.tensors)
+
+    def decode(self) -> Message:
+        """Inflate the tensors and build the message; only CodecError subclasses escape."""
+        limits = self._limits
+        tensors = []
+        encodings = []
+        budget = limits.max_elements
+        for blob in self._blobs:
+            encoding = encoding_of(blob)
+            tensor = encoding.decode(blob, limits, max_elements=budget)
+            budget -= tensor.size
+            tensors.append(tensor)
+            encodings.append(encoding.name)
+        check = _DEC if limits is DEFAULT_LIMITS else _Check(MalformedError, limits)
+        return _IN[MESSAGE_TYPES[self.kind]][2](check, self._fields, tensors, encodings)
+
+
+def peek_message(
+    data: Buffer, limits: Limits = DEFAULT_LIMITS, only: Collection[type[Any]] | None = None
+) -> Frame:
+    """Check a frame's framing, metadata and tensor headers without decoding any tensor.
+
+    ``only``: the message classes acceptable here (a handshake wants Hello and Auth); any other type is
+    refused (UnsupportedError) before its metadata is read.
+    """
     if len(data) > limits.max_frame_bytes:
         raise LimitExceededError(f"frame of {len(data)} bytes, limit {limits.max_frame_bytes}")
     view = memoryview(data).cast("B")  # slices below share the input's memory: no copies of tensor payloads
@@ -633,6 +730,9 @@ def decode_message(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Message:
     spec = _IN.get(mtype)
     if spec is None:
         raise UnsupportedError(f"unknown message type {mtype}")
+    kind = _CLASS_OF[mtype]
+    if only is not None and kind not in only:
+        raise UnsupportedError(f"a {kind.__name__} is not acceptable here")
     if meta_len > limits.max_metadata_bytes:
         raise LimitExceededError(f"metadata of {meta_len} bytes, limit {limits.max_metadata_bytes}")
     if count > limits.max_tensors:
@@ -642,14 +742,14 @@ def decode_message(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise TruncatedError(f"frame ends inside its {meta_len}-byte metadata")
     fields = _unpack_metadata(view[HEADER_SIZE:end], limits)
 
-    n_fields, fixed, decoder = spec
+    n_fields, fixed, _ = spec
     n_tensors = fixed if fixed is not None else count
     if len(fields) != n_fields:
         raise MalformedError(f"message type {mtype} has {n_fields} fields, got {len(fields)}")
     if count != n_tensors:
         raise MalformedError(f"message type {mtype} carries {n_tensors} tensors, header says {count}")
 
-    # Walk the length table first: the framing is checked before any tensor is decoded.
+    # Walk the length table first: the framing is checked before any tensor header is read.
     blobs = []
     offset = end
     for _ in range(count):
@@ -664,16 +764,25 @@ def decode_message(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Message:
     if offset != len(view):
         raise MalformedError(f"{len(view) - offset} bytes after the last tensor")
 
-    # One element budget per frame: each tensor is checked against what is left before it allocates.
-    tensors = []
-    encodings = []
+    # One element budget per frame, from the headers alone.
+    infos = []
     budget = limits.max_elements
     for blob in blobs:
-        encoding = encoding_of(blob)
-        tensor = encoding.decode(blob, limits, max_elements=budget)
-        budget -= tensor.size
-        tensors.append(tensor)
-        encodings.append(encoding.name)
+        shape = peek_shape(blob, limits, max_elements=budget)
+        info = TensorInfo(encoding_of(blob).name, shape)
+        budget -= info.elements
+        infos.append(info)
 
-    check = _DEC if limits is DEFAULT_LIMITS else _Check(MalformedError, limits)
-    return decoder(check, fields, tensors, encodings)
+    request_id = None
+    if mtype in _HAS_REQUEST_ID:
+        rid = fields[0]
+        if type(rid) is int and 0 <= rid <= _U64_MAX:
+            request_id = rid
+    return Frame(kind, request_id, tuple(infos), fields, tuple(blobs), limits)
+
+
+def decode_message(
+    data: Buffer, limits: Limits = DEFAULT_LIMITS, only: Collection[type[Any]] | None = None
+) -> Message:
+    """The message in a frame; only CodecError subclasses escape, for any bytes at all."""
+    return peek_message(data, limits, only).decode()

@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
@@ -28,6 +28,7 @@ import torch
 from aiohttp import web
 
 from ccied_p2p.cache import Hit, SemanticCache
+from ccied_p2p.codec.admission import AdmissionPolicy, PeerBudget
 from ccied_p2p.codec.auth import Role, new_nonce
 from ccied_p2p.codec.messages import (
     Ack,
@@ -47,7 +48,7 @@ from ccied_p2p.codec.messages import (
     PingReq,
 )
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, Limits
-from ccied_p2p.codec.wire import encode_message
+from ccied_p2p.codec.wire import Frame, encode_message
 from ccied_p2p.errors import (
     AuthenticationError,
     CCIEDError,
@@ -129,7 +130,10 @@ class NodeConfig:
     serve: bool = True  # False: refuse peers' tail requests
     limits: Limits = DEFAULT_LIMITS
     load_interval: float = 0.5  # how often this node republishes its load and cache summary
-    max_batch: int = 32  # most rows the tail worker runs at once (1: no batching)
+    max_batch: int = 32  # most rows the tail worker runs at once (1: no batching), and per peer request
+    # What one peer may have waiting or computing here at once; more is refused "busy" (docs/wire-format.md).
+    peer_queue_rows: int = 256
+    peer_queue_bytes: int = 8 << 20
     inline_tail_ms: float = 0.5  # tails shorter than this run on the event loop, not the worker thread
     observe: bool = True  # serve /status, /metrics and the dashboard (read-only, loopback or read token)
     # Every inbound connection: its request head complete within header_timeout, the next request within
@@ -162,6 +166,11 @@ class NodeConfig:
                 raise ConfigError(f"{key} must be a finite number > 0, got {value}")
         if self.max_connections < 1 or self.max_connections_per_address < 1:
             raise ConfigError("max_connections and max_connections_per_address must be at least 1")
+        if not 1 <= self.max_batch <= self.limits.max_items:
+            # An answer carries one label per row, and a frame at most max_items of them.
+            raise ConfigError(f"max_batch must be in 1..{self.limits.max_items}, got {self.max_batch}")
+        if self.peer_queue_rows < self.max_batch or self.peer_queue_bytes < 0:
+            raise ConfigError("peer_queue_rows must be >= max_batch and peer_queue_bytes >= 0")
         if self.local_tail_ms is not None and not (
             self.local_tail_ms >= 0 and math.isfinite(self.local_tail_ms)
         ):
@@ -195,6 +204,40 @@ class _TailJob:
     queued: float
 
 
+class _TailQueue:
+    """Tail jobs, FIFO per owner (a peer's link, or None for this node), served round-robin across owners.
+
+    A peer with its whole budget queued (``peer_queue_rows``) then delays another's request by about one batch,
+    not by everything it queued.
+    """
+
+    __slots__ = ("_by_owner",)
+
+    def __init__(self) -> None:
+        self._by_owner: dict[object, deque[_TailJob]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_owner)
+
+    def __iter__(self) -> Iterator[_TailJob]:
+        for jobs in self._by_owner.values():
+            yield from jobs
+
+    def append(self, owner: object, job: _TailJob) -> None:
+        self._by_owner.setdefault(owner, deque()).append(job)
+
+    def peek(self) -> _TailJob:
+        return next(iter(self._by_owner.values()))[0]
+
+    def popleft(self) -> _TailJob:
+        owner, jobs = next(iter(self._by_owner.items()))
+        job = jobs.popleft()
+        del self._by_owner[owner]
+        if jobs:
+            self._by_owner[owner] = jobs  # to the back of the rotation
+        return job
+
+
 class NodeObserver(Protocol):
     """Told about what a node does (metrics, dashboards); every method must return quickly and not raise."""
 
@@ -219,6 +262,7 @@ class NodeStats:
     served: int = 0
     serve_errors: int = 0
     auth_failures: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # peer frames refused, by ErrorMessage code
     gossip_rounds: int = 0
     connections_refused: dict[str, int] = field(default_factory=dict)  # by reason, see runtime.guard
     latencies: dict[str, list[float]] = field(default_factory=dict)
@@ -251,6 +295,17 @@ class Node:
         self.host = ""
         self.counters = NodeStats()
         self.links: dict[bytes, Link] = {}
+        self._budgets: dict[Link, PeerBudget] = {}
+        self._policy = AdmissionPolicy(
+            activation_shape=tuple(split.activation_shape),
+            max_rows=config.max_batch,
+            max_feature=max(1, math.prod(split.activation_shape)),
+            queue_rows=config.peer_queue_rows,
+            queue_bytes=config.peer_queue_bytes,
+        )
+        self._refusal_window = -math.inf
+        self._refusals_logged = 0
+        self._refusals_quiet = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dialing: dict[bytes, asyncio.Task[Any]] = {}
         self._outbox: dict[bytes, list[Message]] = {}
@@ -259,7 +314,7 @@ class Node:
         self._local_tail = Ewma(alpha=0.2)
         self._served_rate = RateEstimator()
         self._local_queue = 0
-        self._tail_jobs: deque[_TailJob] = deque()
+        self._tail_jobs = _TailQueue()
         self._tail_wake = asyncio.Event()
         self._tail_compute = Ewma(alpha=0.2)  # seconds of pure compute per batch
         self._executor: ThreadPoolExecutor | None = None
@@ -495,6 +550,7 @@ class Node:
             "serve_errors": s.serve_errors,
             "auth_failures": s.auth_failures,
             "connections": None if self.guard is None else self.guard.stats(),
+            "refused": dict(s.refused),
             "bytes_sent": s.bytes_sent,
             "bytes_raw": s.bytes_raw,
             "cache": None if cstats is None else dataclasses.asdict(cstats),
@@ -524,10 +580,13 @@ class Node:
         act = self.split.head(x)
         return act.numpy(), time.perf_counter() - start
 
-    async def _local_tail_run(self, act: np.ndarray[Any, Any]) -> tuple[list[int], list[float], float, float]:
-        """Queue rows for the tail worker; returns labels, confidences, compute and queue seconds."""
+    async def _local_tail_run(
+        self, act: np.ndarray[Any, Any], owner: object = None
+    ) -> tuple[list[int], list[float], float, float]:
+        """Queue rows for the tail worker (``owner``: the asking peer's link, None for this node); returns
+        labels, confidences, compute and queue seconds."""
         job = _TailJob(act, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._tail_jobs.append(job)
+        self._tail_jobs.append(owner, job)
         self._local_queue += len(act)
         self._tail_wake.set()
         return await job.future
@@ -536,7 +595,8 @@ class Node:
         """Dynamic batching: whatever queued while the last batch computed runs next, as one batch.
 
         A lone request runs at once (no timer); under load, batches form by themselves up to ``max_batch``
-        rows, which is what makes a CPU tail serve more requests per second.
+        rows, which is what makes a CPU tail serve more requests per second. Jobs are taken round-robin
+        across askers (:class:`_TailQueue`).
         """
         jobs = self._tail_jobs
         limit = max(1, self.config.max_batch)
@@ -546,7 +606,7 @@ class Node:
             while jobs:
                 batch = [jobs.popleft()]
                 rows = len(batch[0].act)
-                while jobs and rows + len(jobs[0].act) <= limit:
+                while jobs and rows + len(jobs.peek().act) <= limit:
                     batch.append(jobs.popleft())
                     rows += len(batch[-1].act)
                 batch = [j for j in batch if not j.future.done()]
@@ -740,7 +800,47 @@ class Node:
 
     # ------------------------------------------------------------------ serving
 
+    async def _admit(self, link: Link, frame: Frame) -> bool:
+        """Refuse, before decoding, what this node would never serve or what the peer has no budget for."""
+        budget = self._budgets.get(link)
+        if budget is None:
+            if link.closed.is_set():
+                return False
+            budget = self._budgets[link] = PeerBudget()
+        refused = budget.admit(frame, self._policy)
+        if refused is None:
+            return True
+        self._refuse(link, refused.code.value, refused.reason)
+        if refused.request_id is not None:
+            with contextlib.suppress(LinkClosedError):
+                # Awaited in the link's read loop: a peer that does not read its refusals stops being read.
+                await link.send(ErrorMessage(refused.request_id, refused.code.value, refused.reason))
+        return False
+
+    def _refuse(self, link: Link, code: str, reason: str) -> None:
+        """Count a refusal and log it, at most 20 lines per 10 s (then one line with the count)."""
+        refused = self.counters.refused
+        refused[code] = refused.get(code, 0) + 1
+        now = time.monotonic()
+        if now - self._refusal_window > 10.0:
+            if self._refusals_quiet:
+                log.warning("[%s] %d more peer requests refused", self.config.name, self._refusals_quiet)
+            self._refusal_window, self._refusals_logged, self._refusals_quiet = now, 0, 0
+        if self._refusals_logged >= 20:
+            self._refusals_quiet += 1
+            return
+        self._refusals_logged += 1
+        log.warning("[%s] refused a request from %s (%s): %s", self.config.name, link.peer.name, code, reason)
+
     async def _serve(self, link: Link, msg: InferRequest, decode_s: float) -> None:
+        try:
+            await self._serve_one(link, msg, decode_s)
+        finally:
+            budget = self._budgets.get(link)
+            if budget is not None:
+                budget.release(len(msg.activation), msg.activation.nbytes)
+
+    async def _serve_one(self, link: Link, msg: InferRequest, decode_s: float) -> None:
         reply: Message
         if not self.config.serve:
             reply = ErrorMessage(msg.request_id, "refused", f"{self.config.name} does not serve tails")
@@ -753,7 +853,7 @@ class Node:
                 f"activation {msg.activation.shape}, expected (N, *{self.split.activation_shape})",
             )
         else:
-            labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation)
+            labels, confs, tail_s, queue_s = await self._local_tail_run(msg.activation, link)
             self.counters.served += 1
             self._notify("on_served", len(labels), tail_s)
             reply = InferResponse(
@@ -769,7 +869,7 @@ class Node:
                     )
         if isinstance(reply, ErrorMessage):
             self.counters.serve_errors += 1
-            log.warning("[%s] refused a request from %s: %s", self.config.name, link.peer.name, reply.message)
+            self._refuse(link, reply.code, reply.message)
         with contextlib.suppress(LinkClosedError):
             await link.send(reply)
 
@@ -801,6 +901,8 @@ class Node:
             return
         known = dict(msg.known)
         entries = self.cache.entries_since(known, max_bytes=min(msg.max_bytes, 256 << 10))
+        # A prefix keeps the asker's per-origin high-water marks honest; more would not decode there.
+        del entries[self.config.limits.max_items :]
         if entries:
             await link.send(CacheEntries(tuple(entries)))
 
@@ -849,6 +951,7 @@ class Node:
             self._on_message,
             self.config.max_in_flight,
             refusal_log=self.refusal_log,
+            admit=self._admit,
         )
         await self._adopt(link)
         return ws
@@ -908,6 +1011,7 @@ class Node:
         try:
             await link.run()
         finally:
+            self._budgets.pop(link, None)
             if self.links.get(pid) is link:
                 del self.links[pid]
                 self._links_changed.set()
@@ -952,6 +1056,7 @@ class Node:
             self.config.max_in_flight,
             address=(host, port),
             refusal_log=self.refusal_log,
+            admit=self._admit,
         )
         self._spawn(self._adopt(link), f"link:{peer.name}")
 

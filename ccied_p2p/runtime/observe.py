@@ -278,6 +278,14 @@ class _Collector:
             yield GaugeMetricFamily(
                 "ccied_connections_open", "Inbound connections open (HTTP and peers).", node.guard.open
             )
+        peer_refused = CounterMetricFamily(
+            "ccied_peer_refused",
+            "Peer frames refused before or instead of serving them (shape, rows, busy, feature, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(c.refused.items()):
+            peer_refused.add_metric([reason], count)
+        yield peer_refused
         yield from self._cache(obs)
         yield from self._peers(obs, now)
         yield from self._links(obs)
@@ -714,6 +722,7 @@ class Observer:
                 "latency_ms": _percentiles_ms(v for d in self._latencies.values() for v in d),
                 "served": c.served,
                 "serve_errors": c.serve_errors,
+                "refused": dict(c.refused),
             },
             "bytes": {
                 "activation_sent": c.bytes_sent,

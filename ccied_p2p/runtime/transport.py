@@ -22,7 +22,7 @@ from aiohttp import web
 from ccied_p2p.codec.auth import Role, compute_proof, open_session, verify_proof
 from ccied_p2p.codec.messages import Auth, ErrorMessage, Hello, InferRequest, InferResponse, Message
 from ccied_p2p.codec.tensor import Limits
-from ccied_p2p.codec.wire import decode_message, encode_message
+from ccied_p2p.codec.wire import Frame, decode_message, encode_message, peek_message
 from ccied_p2p.errors import (
     AuthenticationError,
     CCIEDError,
@@ -83,7 +83,8 @@ async def _handshake(
         await ws.send_bytes(encode_message(msg))
 
     async def recv() -> Message:
-        msg = decode_message(await _receive_frame(ws, timeout), limits)
+        # Only the handshake's own messages: nothing with tensors is decoded before the peer is trusted.
+        msg = decode_message(await _receive_frame(ws, timeout), limits, only=(Hello, Auth, ErrorMessage))
         if isinstance(msg, ErrorMessage):
             raise AuthenticationError(f"peer refused the handshake: {msg.message}")
         return msg
@@ -131,7 +132,8 @@ class Link:
     """One authenticated connection to a peer: send messages, await request answers, read the rest.
 
     Incoming messages other than answers go to ``on_message(link, msg)``; the node owns the task that runs
-    :meth:`run`.
+    :meth:`run`. ``admit(link, frame)``, if given, sees each frame's headers before its tensors are decoded
+    and returns False to drop it (it answers the peer itself); reading waits for it, which is the backpressure.
     """
 
     def __init__(
@@ -146,8 +148,10 @@ class Link:
         max_in_flight: int = 64,
         address: tuple[str, int] | None = None,
         refusal_log: RateLimitedLog | None = None,
+        admit: Callable[[Link, Frame], Awaitable[bool]] | None = None,
     ) -> None:
         self.ws = ws
+        self._admit = admit
         self.peer = peer
         self.role = role
         self.address = address
@@ -241,7 +245,10 @@ class Link:
                 self.stats.bytes_received += len(data)
                 start = time.perf_counter()
                 try:
-                    msg = decode_message(self._open(data), self._limits)
+                    frame = peek_message(self._open(data), self._limits)
+                    if self._admit is not None and not await self._admit(self, frame):
+                        continue
+                    msg = frame.decode()
                 except (AuthenticationError, CodecError) as exc:
                     self._warn.warning("frame", "closing link to %s: bad frame: %s", self.peer.name, exc)
                     reason = exc
