@@ -96,7 +96,9 @@ async def _eavesdrop(split: SplitModel, data: datasets.Dataset, *, secure: bool)
         Node(split, config(ALICE)) as alice,
         Relay("127.0.0.1", 0, ("127.0.0.1", alice.port), record=True, name="tap") as tap,
         # Bob's own tail looks slow and he has no cache: every request crosses the recorded link.
-        Node(split, config(BOB, seeds=[tap.address], cache=False, local_tail_ms=1000.0)) as bob,
+        Node(
+            split, config(BOB, seeds=[tap.address], cache=False, local_tail_ms=1000.0, request_timeout=20.0)
+        ) as bob,
     ):
         await _until(lambda: bob.links)
         results = await bob.infer(x, concurrency=1)
