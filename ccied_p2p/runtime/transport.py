@@ -72,8 +72,8 @@ async def handshake(
 
     With a secret, the hellos travel without names and fingerprints; each side sends its full hello as its
     first sealed frame once it has verified the other's proof (the responder right after its own ``Auth``,
-    so the initiator still finishes in two round trips). With
-    ``secret=None`` (insecure mode, explicit opt-in) the full hellos and all frames travel in clear.
+    so the initiator still finishes in two round trips). With ``secret=None`` (insecure mode, explicit
+    opt-in) the full hellos and all frames travel in clear.
     """
 
     async def send(msg: Message) -> None:
