@@ -12,20 +12,25 @@ a miss on the secure cluster means the bytes are not there, not that the search 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 import msgpack
 import numpy as np
 import pytest
 
 from ccied_p2p import datasets
-from ccied_p2p.codec.messages import Hello
+from ccied_p2p.codec.auth import Role, clear_hello, compute_proof, new_nonce, open_session, verify_proof
+from ccied_p2p.codec.messages import Auth, ErrorMessage, Hello
 from ccied_p2p.codec.tensor import encode_tensor
-from ccied_p2p.codec.wire import decode_message
+from ccied_p2p.codec.wire import decode_message, encode_message
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.relay import Capture, Relay
 
@@ -153,3 +158,31 @@ async def test_a_recording_relay_sees_no_activation_label_or_name(
     up, down = (_ws_payloads(bytes(s)) for s in (sealed.captures[0].up, sealed.captures[0].down))
     hellos = [decode_message(up[0][1]), decode_message(down[0][1])]
     assert all(isinstance(h, Hello) and h.name == "" and h.fingerprint == "" for h in hellos)
+
+
+async def test_a_sealed_hello_that_contradicts_the_clear_one_is_refused(split: SplitModel) -> None:
+    async with (
+        Node(split, NodeConfig(name="srv-cam", secret=SECRET, mdns=False)) as srv,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://{srv.address}{WS_PATH}") as ws,
+    ):
+        # A client with the secret runs the handshake by hand, then claims another port in its sealed hello.
+        me = Hello(os.urandom(16), "liar", split.fingerprint, PROTOCOL_VERSION, new_nonce(), 1)
+        clear = clear_hello(me)
+        await ws.send_bytes(encode_message(clear))
+        peer = decode_message((await ws.receive(timeout=5)).data)
+        assert isinstance(peer, Hello)
+        assert (peer.name, peer.fingerprint) == ("", "")
+        await ws.send_bytes(encode_message(Auth(compute_proof(SECRET, Role.INITIATOR, clear, peer))))
+        theirs = decode_message((await ws.receive(timeout=5)).data)
+        assert isinstance(theirs, Auth)
+        verify_proof(SECRET, Role.RESPONDER, clear, peer, theirs.proof)
+        sealer, opener = open_session(SECRET, Role.INITIATOR, clear, peer)
+        identity = decode_message(opener.open((await ws.receive(timeout=5)).data))
+        assert isinstance(identity, Hello)
+        assert (identity.name, identity.fingerprint) == ("srv-cam", split.fingerprint)
+        await ws.send_bytes(sealer.seal(encode_message(dataclasses.replace(me, port=2))))
+        refusal = await ws.receive(timeout=5)
+        assert isinstance(decode_message(refusal.data), ErrorMessage)
+        await _until(lambda: srv.counters.auth_failures == 1)
+        assert not srv.links
