@@ -6,7 +6,7 @@ Modules, pure layers first:
 - :mod:`ccied_p2p.models`    reference models (LeNet-, VGG-style), trained once and cached; EfficientNet-Lite0
 - :mod:`ccied_p2p.split`     :class:`SplitModel`: cut any traceable model into head and tail; profile; fingerprint
 - :mod:`ccied_p2p.pruning`   :func:`prune_split_layer`: prune only the layer producing the split activation
-- :mod:`ccied_p2p.codec`     the wire format: messages, frames, sparse tensor encodings, lz4, HMAC sessions (pure)
+- :mod:`ccied_p2p.codec`     the wire format: messages, frames, sparse tensor encodings, lz4, encrypted sessions (pure)
 - :mod:`ccied_p2p.cache`     :class:`SemanticCache`: kNN vote over usearch / numpy, calibration, eviction (pure)
 - :mod:`ccied_p2p.workloads` seeded camera, control and non-IID request streams over real images (pure)
 - :mod:`ccied_p2p.gossip`    SWIM membership with suspicion, and its simulation (pure)

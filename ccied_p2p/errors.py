@@ -16,7 +16,7 @@
           │    ├── UnsupportedError       an unknown version, message type, encoding or dtype
           │    ├── LimitExceededError     a length, shape or count above the configured limit
           │    └── DecompressionError     lz4 refused the block or it inflated to the wrong size
-          ├── AuthenticationError   a peer without the cluster secret, or a bad MAC
+          ├── AuthenticationError   a peer without the cluster secret, or a bad tag
           ├── FingerprintMismatchError  a peer that runs a different model
           ├── PeerError             a peer answered with an error message
           └── RequestTimeoutError   a peer did not answer in time (a TimeoutError too)
@@ -105,7 +105,7 @@ class DecompressionError(CodecError):
 
 
 class AuthenticationError(RemoteError):
-    """A peer failed the cluster-secret handshake or sent a message with a bad MAC."""
+    """A peer failed the cluster-secret handshake or sent a frame that does not open (bad tag, replay, gap)."""
 
 
 class FingerprintMismatchError(RemoteError):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import struct
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,8 @@ from ccied_p2p.codec.auth import (
     Role,
     SessionOpener,
     SessionSealer,
+    check_identity,
+    clear_hello,
     compute_proof,
     derive_session_keys,
     hkdf_sha256,
@@ -275,6 +279,59 @@ def test_short_keys_are_a_config_error() -> None:
         SessionSealer(b"k" * 8)
     with pytest.raises(ConfigError):
         SessionOpener(b"k" * 8)
+    with pytest.raises(ConfigError):
+        SessionOpener(b"k" * 31)
+
+
+def test_a_sealed_frame_is_chacha20_poly1305_as_documented(sessions: Sessions) -> None:
+    (a_seal, _), _ = sessions
+    a_seal.seal(b"first")
+    frame = encode_message(Ping(seq=7))
+    sealed = a_seal.seal(frame)
+    header = struct.pack("<Q", 1)
+    expected = ChaCha20Poly1305(ALICE_TO_BOB).encrypt(bytes(4) + header, frame, header)
+    assert sealed == header + expected
+
+
+def test_sealed_frames_hide_their_content(sessions: Sessions) -> None:
+    (a_seal, _), (_, b_open) = sessions
+    secret_part = b"activation bytes " * 8
+    sealed = [a_seal.seal(secret_part) for _ in range(3)]
+    for s in sealed:
+        assert secret_part[:8] not in s
+        assert b"activation" not in s
+    assert len({s[8:] for s in sealed}) == 3  # a fresh nonce per frame: equal frames look unrelated
+    assert [b_open.open(s) for s in sealed] == [secret_part] * 3
+
+
+def test_the_clear_hello_carries_no_name_or_fingerprint() -> None:
+    full = dataclasses.replace(ALICE, node_id=bytes(range(16)))  # the test's node ids spell the name
+    clear = clear_hello(full)
+    wire = encode_message(clear)
+    assert b"alice" in encode_message(full)
+    assert b"alice" not in wire
+    assert ALICE.fingerprint.encode() not in wire
+    assert (clear.node_id, clear.protocol, clear.nonce, clear.port) == (
+        full.node_id,
+        ALICE.protocol,
+        ALICE.nonce,
+        ALICE.port,
+    )
+
+
+def test_the_sealed_hello_must_repeat_the_clear_one() -> None:
+    clear = clear_hello(ALICE)
+    assert check_identity(clear, ALICE) == ALICE
+    for change in (
+        {"nonce": b"\x03" * NONCE_BYTES},
+        {"node_id": b"mallory".ljust(16, b".")},
+        {"port": 9001},
+        {"protocol": 2},
+    ):
+        with pytest.raises(AuthenticationError, match="contradicts"):
+            check_identity(clear, dataclasses.replace(ALICE, **change))  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="sealed Hello first"):
+        check_identity(clear, Ping(seq=0))
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,6 +21,7 @@ from ccied_p2p.demo import start_serve_process, stop_serve_process
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.presets import calibrate
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+from ccied_p2p.runtime.transport import PROTOCOL_VERSION
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import camera_stream
 
@@ -123,7 +124,9 @@ async def test_wrong_secret_and_raw_clients_are_rejected(split: SplitModel, data
                     aiohttp.WSMsgType.CLOSED,
                 )
             async with session.ws_connect(f"http://{a.address}/ccied") as ws:
-                hello = Hello(os.urandom(16), "mallory", a.split.fingerprint, 1, os.urandom(32), 1)
+                hello = Hello(
+                    os.urandom(16), "mallory", a.split.fingerprint, PROTOCOL_VERSION, os.urandom(32), 1
+                )
                 await ws.send_bytes(encode_message(hello))
                 await ws.receive(timeout=5)  # the server's hello
                 from ccied_p2p.codec.messages import Auth

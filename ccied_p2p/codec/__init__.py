@@ -3,7 +3,7 @@
 - :mod:`ccied_p2p.codec.messages` the message dataclasses peers exchange
 - :mod:`ccied_p2p.codec.wire`     frames: :func:`encode_message`, :func:`decode_message` (bounded)
 - :mod:`ccied_p2p.codec.tensor`   tensor encodings (strategies): dense / sparse x f32 / f16 / i8, optional lz4
-- :mod:`ccied_p2p.codec.auth`     HMAC handshake proofs, HKDF session keys, per-frame seal / open
+- :mod:`ccied_p2p.codec.auth`     HMAC handshake proofs, HKDF session keys, ChaCha20-Poly1305 seal / open
 
 Frame format, version 1 (all integers little-endian; full field-by-field layout in ``docs/wire-format.md``)::
 
@@ -14,7 +14,7 @@ Frame format, version 1 (all integers little-endian; full field-by-field layout 
     tensor blob: u8 encoding id | u8 ndim | ndim x u32 shape | [u32 body size | lz4 block]  or  body
     sparse body: channel mask | nonzero bitmap of kept channels | [i8: f32 scale per kept channel] | values
 
-On an authenticated connection each frame travels as ``u64 seq | frame | 16-byte HMAC-SHA256 tag``.
+On an authenticated connection each frame travels encrypted as ``u64 seq | ChaCha20-Poly1305(frame) | 16-byte tag``.
 Decoding raises only :class:`~ccied_p2p.errors.CodecError` subclasses (opening a sealed frame only
 :class:`~ccied_p2p.errors.AuthenticationError`); encoding raises :class:`~ccied_p2p.errors.EncodeError`.
 """

@@ -1,29 +1,34 @@
-"""Cluster-secret authentication, pure: handshake proofs, session keys and per-frame integrity (stdlib only).
+"""Cluster-secret authentication and link encryption, pure: handshake proofs, session keys, sealed frames.
 
-Handshake (each side sends :class:`Hello`, then :class:`Auth`)::
+Handshake (each side sends :class:`Hello` without its name and fingerprint, see :func:`clear_hello`, then
+:class:`Auth`)::
 
     K_proof  = HKDF-SHA256(ikm=secret, salt="ccied-p2p/1 auth", info="proof")
     proof(R) = HMAC-SHA256(K_proof, "ccied-p2p/1 proof" | R | transcript(initiator hello, responder hello))
 
 where R is the prover's role label (``initiator`` or ``responder``), so one side's proof can never be
-reflected back as the other side's; both hellos (node ids, names, fingerprints, protocol, nonces, ports) are
-in the transcript, so a proof answers exactly one pair of fresh nonces. Then per connection::
+reflected back as the other side's; both hellos as sent (node ids, protocol, nonces, ports) are in the
+transcript, so a proof answers exactly one pair of fresh nonces. Then per connection, one ChaCha20-Poly1305
+key per direction::
 
     K_i2r | K_r2i = HKDF-SHA256(ikm=secret, salt=initiator nonce | responder nonce,
-                                info="ccied-p2p/1 session" | SHA-256(transcript), length=64)
+                                info="ccied-p2p/2 session" | SHA-256(transcript), length=64)
 
-and every frame travels sealed with the sender's direction key::
+and every frame travels encrypted and authenticated with the sender's direction key::
 
-    u64 sequence number (LE, from 0, +1 per frame) | frame | 16-byte tag = HMAC-SHA256(key, seq | frame)[:16]
+    S = u64 sequence number (LE, from 0, +1 per frame)
+    S | ChaCha20-Poly1305(key, nonce = 4 zero bytes | S, plaintext = frame, aad = S)   (ciphertext | 16-byte tag)
 
-Each :class:`SessionOpener` accepts only the next sequence number under a valid tag: forged, replayed,
-reordered, dropped or reflected frames raise :class:`~ccied_p2p.errors.AuthenticationError`, after which
-the opener refuses everything (drop the connection). All comparisons are constant-time
-(:func:`hmac.compare_digest`).
+The first sealed frame each way is the sender's full :class:`Hello` (:func:`check_identity`). Each
+:class:`SessionOpener` accepts only the next sequence number under a valid tag: forged, replayed, reordered,
+dropped or reflected frames raise :class:`~ccied_p2p.errors.AuthenticationError`, after which the opener
+refuses everything (drop the connection). Proofs are compared in constant time (:func:`hmac.compare_digest`),
+tags by the AEAD. Primitives come from ``cryptography`` (OpenSSL); HMAC from the standard library.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -33,10 +38,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from ccied_p2p.codec.messages import Hello
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ccied_p2p.codec.messages import Hello, Message
 from ccied_p2p.errors import AuthenticationError, ConfigError, EncodeError
 
 __all__ = [
+    "KEY_BYTES",
     "MIN_NONCE_BYTES",
     "NONCE_BYTES",
     "PROOF_BYTES",
@@ -46,6 +57,8 @@ __all__ = [
     "SessionKeys",
     "SessionOpener",
     "SessionSealer",
+    "check_identity",
+    "clear_hello",
     "compute_proof",
     "derive_session_keys",
     "hkdf_sha256",
@@ -58,16 +71,18 @@ __all__ = [
 NONCE_BYTES: Final = 32
 MIN_NONCE_BYTES: Final = 16
 PROOF_BYTES: Final = 32
+KEY_BYTES: Final = 32
 TAG_BYTES: Final = 16
 _SEQ: Final = struct.Struct("<Q")
 SEAL_OVERHEAD: Final = _SEQ.size + TAG_BYTES
 _SEQ_LIMIT: Final = 1 << 64
+_NONCE_PAD: Final = bytes(4)  # ChaCha20-Poly1305 nonces are 12 bytes: 4 zero bytes, then the sequence number
 
 _LABEL: Final = b"ccied-p2p/1 "
 _AUTH_SALT: Final = _LABEL + b"auth"
 _PROOF_INFO: Final = b"proof"
 _PROOF_LABEL: Final = _LABEL + b"proof"
-_SESSION_INFO: Final = _LABEL + b"session"
+_SESSION_INFO: Final = b"ccied-p2p/2 session"  # /2: the keys became AEAD keys (v1 keyed an HMAC)
 
 
 class Role(StrEnum):
@@ -90,18 +105,10 @@ def new_nonce(randbytes: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
-    """HKDF (RFC 5869) with SHA-256, from :mod:`hmac` alone."""
+    """HKDF (RFC 5869) with SHA-256; an empty salt means the RFC's default (32 zero bytes)."""
     if not 0 < length <= 255 * 32:
         raise ConfigError(f"HKDF length {length} out of range")
-    prk = hmac.digest(salt or bytes(32), ikm, "sha256")
-    out = b""
-    block = b""
-    counter = 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
-        out += block
-        counter += 1
-    return out[:length]
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -163,9 +170,28 @@ def verify_proof(secret: str | bytes, role: Role, initiator: Hello, responder: H
         raise AuthenticationError(f"bad handshake proof from the {Role(role).value}")
 
 
+def clear_hello(hello: Hello) -> Hello:
+    """The hello as it travels before any key exists: without the node's name and model fingerprint."""
+    return dataclasses.replace(hello, name="", fingerprint="")
+
+
+def check_identity(clear: Hello, sealed: Message) -> Hello:
+    """The peer's full hello, its first sealed frame; it must repeat what its clear hello said."""
+    if not isinstance(sealed, Hello):
+        raise AuthenticationError(f"expected the sealed Hello first, got {type(sealed).__name__}")
+    if (sealed.node_id, sealed.protocol, sealed.nonce, sealed.port) != (
+        clear.node_id,
+        clear.protocol,
+        clear.nonce,
+        clear.port,
+    ):
+        raise AuthenticationError("the sealed hello contradicts the clear one")
+    return sealed
+
+
 @dataclass(frozen=True, slots=True)
 class SessionKeys:
-    """One 32-byte integrity key per direction of a connection."""
+    """One 32-byte ChaCha20-Poly1305 key per direction of a connection."""
 
     initiator_to_responder: bytes
     responder_to_initiator: bytes
@@ -175,7 +201,7 @@ class SessionKeys:
 
 
 def derive_session_keys(secret: str | bytes, initiator: Hello, responder: Hello) -> SessionKeys:
-    """Per-connection, per-direction keys from the secret, both nonces and the handshake transcript."""
+    """Per-connection, per-direction AEAD keys from the secret, both nonces and the handshake transcript."""
     _check_nonces(initiator, responder)
     salt = _field(bytes(initiator.nonce)) + _field(bytes(responder.nonce))
     info = _SESSION_INFO + hashlib.sha256(transcript(initiator, responder)).digest()
@@ -183,15 +209,19 @@ def derive_session_keys(secret: str | bytes, initiator: Hello, responder: Hello)
     return SessionKeys(okm[:32], okm[32:])
 
 
-class SessionSealer:
-    """Adds the sequence number and tag to each outgoing frame of one direction."""
+def _aead(key: bytes) -> ChaCha20Poly1305:
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"session key of {len(key)} bytes; ChaCha20-Poly1305 takes {KEY_BYTES}")
+    return ChaCha20Poly1305(key)
 
-    __slots__ = ("_mac", "_seq")
+
+class SessionSealer:
+    """Encrypts each outgoing frame of one direction under the next sequence number."""
+
+    __slots__ = ("_aead", "_seq")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ConfigError("session key shorter than 16 bytes")
-        self._mac = hmac.new(key, digestmod="sha256")
+        self._aead = _aead(key)
         self._seq = 0
 
     @property
@@ -200,25 +230,22 @@ class SessionSealer:
         return self._seq
 
     def seal(self, frame: bytes | bytearray | memoryview) -> bytes:
-        """``seq | frame | tag``; sequence numbers never repeat (EncodeError after 2**64 frames)."""
+        """``seq | ciphertext | tag``; sequence numbers (the nonces) never repeat (EncodeError after 2**64)."""
         if self._seq >= _SEQ_LIMIT:
             raise EncodeError("session sequence numbers exhausted; reconnect")
-        body = _SEQ.pack(self._seq) + frame
-        mac = self._mac.copy()
-        mac.update(body)
+        header = _SEQ.pack(self._seq)
+        sealed = header + self._aead.encrypt(_NONCE_PAD + header, frame, header)
         self._seq += 1
-        return body + mac.digest()[:TAG_BYTES]
+        return sealed
 
 
 class SessionOpener:
-    """Checks and strips the sequence number and tag of each incoming frame of one direction."""
+    """Authenticates and decrypts each incoming frame of one direction, in order and once."""
 
-    __slots__ = ("_broken", "_mac", "_seq")
+    __slots__ = ("_aead", "_broken", "_seq")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ConfigError("session key shorter than 16 bytes")
-        self._mac = hmac.new(key, digestmod="sha256")
+        self._aead = _aead(key)
         self._seq = 0
         self._broken = False
 
@@ -240,19 +267,19 @@ class SessionOpener:
         if len(view) < SEAL_OVERHEAD:
             self._broken = True
             raise AuthenticationError(f"sealed frame of {len(view)} bytes is shorter than {SEAL_OVERHEAD}")
-        body = view[:-TAG_BYTES]
-        mac = self._mac.copy()
-        mac.update(body)
-        if not hmac.compare_digest(mac.digest()[:TAG_BYTES], view[-TAG_BYTES:]):
+        header = bytes(view[: _SEQ.size])
+        try:
+            frame = self._aead.decrypt(_NONCE_PAD + header, view[_SEQ.size :], header)
+        except InvalidTag:
             self._broken = True
-            raise AuthenticationError("bad frame tag")
-        (seq,) = _SEQ.unpack_from(view)
+            raise AuthenticationError("bad frame tag") from None
+        (seq,) = _SEQ.unpack(header)
         if seq != self._seq:
             self._broken = True
             kind = "replayed" if seq < self._seq else "out-of-order"
             raise AuthenticationError(f"{kind} frame: sequence {seq}, expected {self._seq}")
         self._seq += 1
-        return bytes(view[_SEQ.size : -TAG_BYTES])
+        return frame
 
 
 def open_session(

@@ -1,9 +1,10 @@
 """Authenticated peer links over aiohttp WebSockets: the handshake, sealed frames, request multiplexing.
 
 A link is one WebSocket between two nodes, whichever side dialled. After the handshake (see
-:mod:`ccied_p2p.codec.auth`) every binary frame is ``seal(encode_message(msg))``; a frame that fails to open
-or decode, or is larger than the limit, is logged (rate-limited) and closes the link (the session's sequence
-numbers make a bad frame unrecoverable), and the node keeps serving everyone else.
+:mod:`ccied_p2p.codec.auth`) every binary frame is ``seal(encode_message(msg))``, encrypted and authenticated;
+the clear hellos carry no names or fingerprints, which travel as the first sealed frame each way. A frame
+that fails to open or decode, or is larger than the limit, is logged (rate-limited) and closes the link (the
+session's sequence numbers make a bad frame unrecoverable), and the node keeps serving everyone else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from ccied_p2p.codec.auth import Role, compute_proof, open_session, verify_proof
+from ccied_p2p.codec.auth import (
+    Role,
+    check_identity,
+    clear_hello,
+    compute_proof,
+    open_session,
+    verify_proof,
+)
 from ccied_p2p.codec.messages import Auth, ErrorMessage, Hello, InferRequest, InferResponse, Message
 from ccied_p2p.codec.tensor import Limits
 from ccied_p2p.codec.wire import Frame, decode_message, encode_message, peek_message
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 # Links closed for bad frames: logged, but never a line per frame an attacker can make a node read.
 frame_log = RateLimitedLog(log)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames encrypted (ChaCha20-Poly1305), names and fingerprints only sealed
 WS_PATH = "/ccied"
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -63,10 +71,13 @@ async def _receive_frame(ws: Ws, timeout: float) -> bytes:
 async def handshake(
     ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT
 ) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    """Run the mutual challenge-response; returns the peer's hello and the (seal, open) pair.
+    """Run the mutual challenge-response; returns the peer's full hello and the (seal, open) pair.
 
     The whole exchange must finish within ``timeout`` seconds (a ``TimeoutError`` saying so otherwise).
-    With ``secret=None`` (insecure mode, explicit opt-in) frames travel unsealed.
+    With a secret, the hellos travel without names and fingerprints; each side sends its full hello as its
+    first sealed frame once it has verified the other's proof (the responder right after its own ``Auth``,
+    so the initiator still finishes in two round trips). With ``secret=None`` (insecure mode, explicit
+    opt-in) the full hellos and all frames travel in clear.
     """
     try:
         async with asyncio.timeout(timeout):
@@ -89,35 +100,39 @@ async def _handshake(
             raise AuthenticationError(f"peer refused the handshake: {msg.message}")
         return msg
 
+    public = me if secret is None else clear_hello(me)
     if role is Role.INITIATOR:
-        await send(me)
+        await send(public)
         peer = await recv()
     else:
         peer = await recv()
         if isinstance(peer, Hello):
-            await send(me)
+            await send(public)
     if not isinstance(peer, Hello):
         raise AuthenticationError(f"expected Hello, got {type(peer).__name__}")
     if peer.protocol != PROTOCOL_VERSION:
         raise AuthenticationError(f"peer speaks protocol {peer.protocol}, this node {PROTOCOL_VERSION}")
-    initiator, responder = (me, peer) if role is Role.INITIATOR else (peer, me)
+    initiator, responder = (public, peer) if role is Role.INITIATOR else (peer, public)
     if secret is None:
         return peer, bytes, bytes
     mine = compute_proof(secret, role, initiator, responder)
+    sealer, opener = open_session(secret, role, initiator, responder)
     if role is Role.INITIATOR:
         await send(Auth(mine))
         theirs = await recv()
         if not isinstance(theirs, Auth):
             raise AuthenticationError(f"expected Auth, got {type(theirs).__name__}")
         verify_proof(secret, role.peer, initiator, responder, theirs.proof)
+        await ws.send_bytes(sealer.seal(encode_message(me)))
     else:
         theirs = await recv()
         if not isinstance(theirs, Auth):
             raise AuthenticationError(f"expected Auth, got {type(theirs).__name__}")
         verify_proof(secret, role.peer, initiator, responder, theirs.proof)
         await send(Auth(mine))
-    sealer, opener = open_session(secret, role, initiator, responder)
-    return peer, sealer.seal, opener.open
+        await ws.send_bytes(sealer.seal(encode_message(me)))
+    sealed = decode_message(opener.open(await _receive_frame(ws, timeout)), limits)
+    return check_identity(peer, sealed), sealer.seal, opener.open
 
 
 @dataclass
