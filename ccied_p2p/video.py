@@ -251,7 +251,7 @@ class PhotoMotion:
     """How the camera over the labelled photos moves.
 
     Each scene shows one photo: it pans in over ``enter`` frames from the background (the object enters),
-    is held for a geometric number of frames with mean ``hold_mean`` while the view jitters by up to
+    is held for a geometric number of frames with mean ``hold_mean`` (at most three times it) while the view jitters by up to
     ``jitter`` (a share of the view side) and the zoom drifts in ``[min_zoom, max_zoom]``, then pans out over
     ``enter`` frames. Light is a gain that drifts by ``light`` per frame within ``1 +- 4 * light``; sensor
     noise is gaussian with ``noise_std`` grey levels. A frame is labelled with the photo when the photo
@@ -259,7 +259,7 @@ class PhotoMotion:
     """
 
     size: int = 224
-    hold_mean: float = 30.0
+    hold_mean: float = 20.0
     enter: int = 6
     jitter: float = 0.02
     min_zoom: float = 1.0
@@ -348,7 +348,7 @@ def photo_camera(
         # Off-view start and end: one view side away from the centre, in a random direction.
         reach = canvas.side / motion.min_zoom
         off = (np.cos(angle) * reach, np.sin(angle) * reach)
-        hold = int(rng.geometric(1.0 / motion.hold_mean))
+        hold = min(int(rng.geometric(1.0 / motion.hold_mean)), round(3 * motion.hold_mean))
         path: list[tuple[float, float, float]] = []
         for i in range(motion.enter):
             t = 1.0 - (i + 1) / (motion.enter + 1)
