@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ccied_p2p.bench import camera_cache
 
         if args.requests == 5000:  # the 28x28 default; camera frames cost ~0.1 s each
-            args.requests = 400
+            args.requests = 1500
         return camera_cache.run(args)
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
