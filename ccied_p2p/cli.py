@@ -80,11 +80,9 @@ def _cmd_prune_lite0(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     cut = args.split or lite.DEFAULT_CUT
     amounts = [0.5, 0.65, 0.75] if args.curve else [0.65 if args.amount is None else args.amount]
+    channels = int(lite.lite0_split(cut, prune=False).activation_shape[0])
     rows = []
     for amount in amounts:
-        channels = 80 if cut == "_blocks.5" else None
-        if channels is None:
-            channels = int(lite.lite0_split(cut, prune=False).activation_shape[0])
         keep = max(1, round((1.0 - amount) * channels))
         rows.append(lite.prune_summary(cut, lite.DistillRecipe(keep=keep)))
     out: Any = rows[0] if len(rows) == 1 else rows

@@ -1,7 +1,7 @@
 """``ccied-p2p bench cache --workload photo-camera|video``: the semantic cache on 224-px camera frames.
 
-The pruned EfficientNet-Lite0 split (:func:`ccied_p2p.lite.lite0_split`); the cache key is the split
-activation's kept channels pooled over a 2x2 grid. ``photo-camera`` calibrates on camera streams over the
+The pruned EfficientNet-Lite0 split (:func:`ccied_p2p.lite.lite0_split`; ``--amount 0``: unpruned); the cache
+key is the split activation's kept channels pooled over a 2x2 grid. ``photo-camera`` calibrates on camera streams over the
 calibration photos and is measured on a camera stream and on the no-repeat control over the evaluation photos;
 ``video`` calibrates on the train clips and is measured on the evaluation clips, each streamed in order. A
 false hit is a served label the uncached split would not have answered; ``false_hit_upper`` is its one-sided
@@ -37,14 +37,14 @@ def clopper_pearson_upper(bad: int, n: int, confidence: float = 0.95) -> float:
 
 
 class _Lite:
-    def __init__(self) -> None:
+    def __init__(self, pruned: bool) -> None:
         import torch
 
         from ccied_p2p.lite import lite0_split
 
         torch.set_num_threads(1)
         self.torch = torch
-        self.split = lite0_split()
+        self.split = lite0_split(prune=pruned)
         mask = self.split.channel_mask
         live = None if mask is None else [int(c) for c in np.flatnonzero(mask.numpy())]
         self.reducer = GridPool(2, channels=live)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     with threadpool_limits(limits=1):
-        model = _Lite()
+        model = _Lite(pruned=args.amount > 0)
         make = _photo_streams if args.workload == "photo-camera" else _video_streams
         cal_streams, measured, described = make(model, args)
         cal = SemanticCache(b"bench").calibrate(
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workload": args.workload,
         "model": "efficientnet-lite0",
         "split": model.split.split_at,
+        "pruned": model.split.channel_mask is not None,
         "fingerprint": fp,
         "reducer": f"grid2 over {len(model.reducer.channels or ())} kept channels",
         "calibration": {"data": described, **asdict(cal)},
