@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": model.split.split_at,
         "pruned": model.split.channel_mask is not None,
         "fingerprint": fp,
-        "reducer": f"grid2 over {len(model.reducer.channels or ())} kept channels",
+        "reducer": f"grid2 over {len(model.reducer.channels) if model.reducer.channels else 'all'} channels",
         "calibration": {"data": described, **asdict(cal)},
         "requests": main["requests"] if main else requests,
         "hit_rate": main["hit_rate"] if main else hits / max(1, requests),
