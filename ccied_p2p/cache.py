@@ -1784,10 +1784,10 @@ class SemanticCache:
         settings = [(float(g), k, votes) for g in gates for k, votes in kv]
         budget = max_false_hit_rate
         scores = self._score(streams, known_labels, grid, settings, budget, depth, group_of)
-        member = np.array(group_of if group_of is not None else range(len(streams)))
-        group_ids = sorted(set(member.tolist()))
 
         def bounds(hits: IntMatrix, bad: IntMatrix, t: int) -> tuple[float, tuple[float, ...]]:
+            member = np.array(group_of if group_of is not None else range(len(hits)))
+            group_ids = sorted(set(member.tolist()))
             per = tuple(
                 clopper_pearson_upper(
                     int(bad[member == g, t].sum()), int(hits[member == g, t].sum()), confidence

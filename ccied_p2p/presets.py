@@ -185,18 +185,23 @@ def calibrate(
     per_stream: bool = False,
     confidence: float = 0.95,
     seed: int = CALIBRATION_SEED,
+    holdout_streams: int | None = None,
 ) -> tuple[CacheSettings, Calibration]:
     """Calibrate a cache for ``split`` on images that no measurement sees, with a held-out guarantee.
 
     The images (:func:`calibration_images`: by default the calibration half of the test images of
     :func:`calibration_split`; measure on the other half, or pass your own) are split at random into two
-    disjoint halves. Each half gives ``streams`` camera streams (``requests`` requests in all, seeds of
-    their own) and one stream of ``novel`` of its images captured once each (default: as many as one
-    camera stream, or all of the half with ``per_stream``; 0: none). The first half chooses the setting, the second certifies it
-    (:meth:`SemanticCache.calibrate` with ``holdout``): the returned figures, the false-hit rate and its
-    Clopper-Pearson bound at ``confidence``, are those of the held-out half, which the choice never saw.
-    ``per_stream`` holds the budget on the camera streams and on the novel ones separately, instead of
-    pooled; ``novel`` may then exceed the half, in several passes (see the README for what it costs).
+    disjoint halves. The first gives ``streams`` camera streams of ``requests // streams`` requests and
+    one stream of ``novel`` of its images captured once each (default: as many as one camera stream, or
+    all of the half with ``per_stream``; 0: none), and chooses the setting; the second gives
+    ``holdout_streams`` camera streams like them (default: twice as many; with ``per_stream``, as many)
+    and its own novel stream, and certifies it (:meth:`SemanticCache.calibrate` with ``holdout``). The
+    returned figures, the false-hit rate and its Clopper-Pearson bound at ``confidence``, are those of
+    the held-out half, which the choice never saw. They speak for streams like these: as long, through
+    the same camera. False hits cluster on a few popular images the model is unsure of, so more held-out
+    cameras (more pools of images) make the certificate more trustworthy. ``per_stream`` holds the budget
+    on the camera streams and on the novel ones separately, instead of pooled; ``novel`` may then exceed
+    the half, in several passes (the README says what each costs).
     """
     if streams < 1:
         raise ConfigError(f"streams must be >= 1, got {streams}")
@@ -208,10 +213,13 @@ def calibrate(
     half = len(pool) // 2
     params = params or CameraParams()
     chosen = _streams(split, data, pool[order[:half]], streams, per_camera, novel, params, seed)
-    held = _streams(split, data, pool[order[half:]], streams, per_camera, novel, params, seed + streams)
+    n_held = (streams if per_stream else 2 * streams) if holdout_streams is None else holdout_streams
+    held = _streams(split, data, pool[order[half:]], n_held, per_camera, novel, params, seed + streams)
     cache = SemanticCache(b"calibration", reducer=reducer_for(split.activation_shape, split.channel_mask))
     # With per_stream the cameras' streams are pooled and the streams without repeats are pooled: the
     # budget holds on each kind; one stream alone rarely has the 299 clean hits a 1% bound needs.
+    if per_stream and n_held != streams:
+        raise ConfigError("per_stream needs as many holdout streams as streams")
     groups = [0] * streams + [1] * (len(chosen[0]) - streams) if per_stream else None
     cal = cache.calibrate(
         chosen[0],

@@ -36,13 +36,13 @@ def test_narrow_splits_get_a_finer_grid() -> None:
 
 def test_calibration_adds_a_stream_where_nothing_repeats(data: datasets.Dataset, split: SplitModel) -> None:
     settings, cal = calibrate(split, data, requests=600, max_false_hit_rate=0.05)
-    assert cal.requests == 600 + 200  # held out: three camera streams of 200, then 200 images once each
+    assert cal.requests == 1200 + 200  # held out: six camera streams of 200, then 200 images once each
     assert cal.held_out
     assert cal.in_sample_requests == 600 + 200
     assert cal.false_hit_bound <= 0.05
     assert settings.threshold == cal.threshold
     _, cameras_only = calibrate(split, data, requests=600, max_false_hit_rate=0.05, novel=0)
-    assert cameras_only.requests == 600
+    assert cameras_only.requests == 1200
 
 
 def test_calibration_never_sees_the_images_it_is_measured_on(
@@ -69,7 +69,7 @@ def test_calibration_never_sees_the_images_it_is_measured_on(
     assert first == again == default
     _, cal = first
     assert cal.held_out
-    assert cal.requests == 450 + 150  # the held-out half: three cameras of 150, then 150 images once each
+    assert cal.requests == 900 + 150  # the held-out half: six cameras of 150, then 150 images once each
     assert cal.in_sample_requests == 600
     assert cal.threshold < 0 or cal.false_hit_bound <= 0.05
     np.testing.assert_array_equal(calibration_images(data, calib), data.test_images[calib])

@@ -35,13 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first halving")
     parser.add_argument("--budget", type=float, default=0.01, help="false-hit budget")
     parser.add_argument("--requests", type=int, default=3000, help="calibration camera requests per half")
-    parser.add_argument("--cameras", type=int, default=3, help="measured camera streams per halving")
-    parser.add_argument("--camera-requests", type=int, default=3000, help="requests per measured camera")
+    parser.add_argument("--cameras", type=int, default=6, help="measured camera streams per halving")
+    parser.add_argument(
+        "--camera-requests", type=int, default=1000, help="requests per measured camera (calibration: 1000)"
+    )
     parser.add_argument("--pool", type=int, default=500, help="distinct images in a camera's view")
     parser.add_argument(
         "--per-stream", action="store_true", help="hold the budget on cameras and novel images separately"
     )
     parser.add_argument("--novel", type=int, default=None, help="novel captures per calibration half")
+    parser.add_argument(
+        "--holdout-streams", type=int, default=None, help="held-out camera streams (default 6)"
+    )
     parser.add_argument(
         "--calibration",
         default="half",
@@ -63,81 +68,89 @@ def _figures(served: np.ndarray, hit: np.ndarray, preds: np.ndarray, truth: np.n
     }
 
 
+def halving(
+    split: Any,
+    data: Any,
+    seed: int,
+    args: argparse.Namespace,
+    once: bool = True,
+) -> dict[str, Any]:
+    """One halving: calibrate on one random half of the test images, serve streams of the other half
+    (the camera streams; with ``once`` the control and captures streams too)."""
+    from ccied_p2p.presets import activations, calibrate, reducer_for
+
+    n = len(data.test_images)
+    order = np.random.default_rng(seed).permutation(n)
+    calib, measured = np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+    params = CameraParams(pool_size=args.pool)
+    t0 = time.perf_counter()
+    settings, cal = calibrate(
+        split,
+        data,
+        requests=args.requests,
+        max_false_hit_rate=args.budget,
+        params=params,
+        calibration=calib if args.calibration == "half" else "train",
+        per_stream=args.per_stream,
+        novel=args.novel,
+        holdout_streams=args.holdout_streams,
+        seed=10_000 + 100 * seed,
+    )
+    cal_s = time.perf_counter() - t0
+    images, truth = data.test_images[measured], data.test_labels[measured]
+    sources = {
+        f"camera{c}": collect(
+            camera_stream(images, truth, args.camera_requests, params, seed=1000 * (seed + 1) + c)
+        )
+        for c in range(args.cameras)
+    }
+    if once:
+        sources["control"] = collect(control_stream(images, truth, seed=seed))
+        sources["captures"] = collect(control_stream(images, truth, seed=seed, camera=params))
+    rows: dict[str, Any] = {}
+    pooled: list[np.ndarray] = [np.zeros(0, np.int64)] * 4
+    for name, (_, imgs, labels) in sources.items():
+        acts, preds, confs = activations(split, data, imgs)
+        cache = SemanticCache(b"bench", reducer=reducer_for(split.activation_shape, split.channel_mask))
+        settings.apply(cache)
+        served, hit = serve_stream(cache, acts, preds, confs, split.fingerprint)
+        rows[name] = _figures(served, hit, preds, labels)
+        if name.startswith("camera"):
+            pooled = [
+                np.concatenate([p, v]) for p, v in zip(pooled, (served, hit, preds, labels), strict=True)
+            ]
+    rows["camera"] = _figures(pooled[0], pooled[1].astype(bool), pooled[2], pooled[3])
+    return {
+        "seed": seed,
+        "calibration": {
+            "threshold": cal.threshold,
+            "k": cal.k,
+            "votes": cal.votes,
+            "min_confidence": cal.min_confidence,
+            "held_out_hit_rate": cal.hit_rate,
+            "held_out_false_hit_rate": cal.false_hit_rate,
+            "held_out_bound": cal.false_hit_bound,
+            "stream_bounds": list(cal.stream_bounds),
+            "certified": cal.certified,
+            "seconds": cal_s,
+        },
+        **rows,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every halving; the returned object is what ``--json`` prints."""
     import torch
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from ccied_p2p import datasets, models
-    from ccied_p2p.presets import activations, calibrate, reducer_for
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     data = datasets.load(args.data)
     split = models.reference_split(args.model, data, amount=args.amount, progress=False)
-    params = CameraParams(pool_size=args.pool)
-    n = len(data.test_images)
-    halvings = []
     with threadpool_limits(limits=1), torch.inference_mode():
-        for h in range(args.halvings):
-            order = np.random.default_rng(args.seed + h).permutation(n)
-            calib, measured = np.sort(order[: n // 2]), np.sort(order[n // 2 :])
-            t0 = time.perf_counter()
-            settings, cal = calibrate(
-                split,
-                data,
-                requests=args.requests,
-                max_false_hit_rate=args.budget,
-                params=params,
-                calibration=calib if args.calibration == "half" else "train",
-                per_stream=args.per_stream,
-                novel=args.novel,
-                seed=10_000 + 100 * (args.seed + h),
-            )
-            cal_s = time.perf_counter() - t0
-            images, truth = data.test_images[measured], data.test_labels[measured]
-            sources = {
-                f"camera{c}": collect(
-                    camera_stream(images, truth, args.camera_requests, params, seed=1000 * (h + 1) + c)
-                )
-                for c in range(args.cameras)
-            }
-            sources["control"] = collect(control_stream(images, truth, seed=h))
-            sources["captures"] = collect(control_stream(images, truth, seed=h, camera=params))
-            rows: dict[str, Any] = {}
-            pooled: list[np.ndarray] = [np.zeros(0, np.int64)] * 4
-            for name, (_, imgs, labels) in sources.items():
-                acts, preds, confs = activations(split, data, imgs)
-                cache = SemanticCache(
-                    b"bench", reducer=reducer_for(split.activation_shape, split.channel_mask)
-                )
-                settings.apply(cache)
-                served, hit = serve_stream(cache, acts, preds, confs, split.fingerprint)
-                rows[name] = _figures(served, hit, preds, labels)
-                if name.startswith("camera"):
-                    pooled = [
-                        np.concatenate([p, v])
-                        for p, v in zip(pooled, (served, hit, preds, labels), strict=True)
-                    ]
-            rows["camera"] = _figures(pooled[0], pooled[1].astype(bool), pooled[2], pooled[3])
-            halvings.append(
-                {
-                    "seed": args.seed + h,
-                    "calibration": {
-                        "threshold": cal.threshold,
-                        "k": cal.k,
-                        "votes": cal.votes,
-                        "min_confidence": cal.min_confidence,
-                        "held_out_hit_rate": cal.hit_rate,
-                        "held_out_false_hit_rate": cal.false_hit_rate,
-                        "held_out_bound": cal.false_hit_bound,
-                        "stream_bounds": list(cal.stream_bounds),
-                        "certified": cal.certified,
-                        "seconds": cal_s,
-                    },
-                    **rows,
-                }
-            )
+        halvings = [halving(split, data, args.seed + h, args) for h in range(args.halvings)]
     spread: dict[str, dict[str, float]] = {}
     for stream in STREAMS:
         for key in ("false_hit_rate", "false_hit_bound", "hit_rate", "accuracy_loss_pp"):
@@ -153,6 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "calibration_pool": args.calibration,
         "per_stream": bool(args.per_stream),
         "novel": args.novel,
+        "cameras": args.cameras,
+        "camera_requests": args.camera_requests,
         "halvings": halvings,
         "spread": spread,
         "within_budget": {s: sum(h[s]["false_hit_rate"] <= args.budget for h in halvings) for s in STREAMS},
