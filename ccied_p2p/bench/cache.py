@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bound",
         type=float,
         default=0.95,
-        help="hold the Wilson upper bound at this confidence to the budget",
+        help="hold the Clopper-Pearson upper bound at this confidence to the budget",
     )
     parser.add_argument("--reducer", default="grid2", choices=["grid2", "gap"], help="feature reducer")
     parser.add_argument("--compare", default="gap", help="other reducers to report ('' for none)")
