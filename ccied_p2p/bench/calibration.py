@@ -14,14 +14,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ccied_p2p.cache import SemanticCache, clopper_pearson_upper, serve_stream
 from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
-__all__ = ["add_arguments", "render", "run"]
+if TYPE_CHECKING:
+    from ccied_p2p.datasets import Dataset
+    from ccied_p2p.split import SplitModel
+
+__all__ = ["add_arguments", "halving", "render", "run"]
 
 STREAMS = ("camera", "control", "captures")
 
@@ -69,8 +73,8 @@ def _figures(served: np.ndarray, hit: np.ndarray, preds: np.ndarray, truth: np.n
 
 
 def halving(
-    split: Any,
-    data: Any,
+    split: SplitModel,
+    data: Dataset,
     seed: int,
     args: argparse.Namespace,
     once: bool = True,
