@@ -33,6 +33,7 @@ from ccied_p2p.cache import (
     USearchIndex,
     VectorIndex,
     auto_crossover,
+    serve_stream,
 )
 from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bound",
         type=float,
         default=0.95,
-        help="hold the Wilson upper bound at this confidence to the budget",
+        help="hold the Clopper-Pearson upper bound at this confidence to the budget",
     )
     parser.add_argument("--reducer", default="grid2", choices=["grid2", "gap"], help="feature reducer")
     parser.add_argument("--compare", default="gap", help="other reducers to report ('' for none)")
@@ -148,24 +149,6 @@ class _Model:
         return out
 
 
-def _serve(
-    cache: SemanticCache, fingerprint: str, feats: FloatArray, preds: IntArray, confs: FloatArray
-) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-    """Serve a stream as a node does: the label each request gets and whether the cache answered it."""
-    served = preds.copy()
-    hit = np.zeros(len(preds), dtype=bool)
-    for i in range(len(preds)):
-        now = float(i)
-        r = cache.lookup(feats[i], fingerprint, now)
-        if isinstance(r, Hit) and not r.audit:
-            served[i], hit[i] = r.label, True
-        elif isinstance(r, Hit):
-            cache.verify(feats[i], r, int(preds[i]), float(confs[i]), fingerprint, now)
-        else:
-            cache.insert(feats[i], int(preds[i]), float(confs[i]), fingerprint, now)
-    return served, hit
-
-
 def _configured(cal: Calibration, **kwargs: Any) -> SemanticCache:
     return SemanticCache(
         b"bench",
@@ -180,7 +163,7 @@ def _configured(cal: Calibration, **kwargs: Any) -> SemanticCache:
 def _evaluate(cal: Calibration, fingerprint: str, stream: Stream, reducer: str) -> dict[str, Any]:
     feats, preds, confs, truth, idx = stream
     cache = _configured(cal)
-    served, hit = _serve(cache, fingerprint, feats[reducer], preds, confs)
+    served, hit = serve_stream(cache, feats[reducer], preds, confs, fingerprint)
     hits = int(hit.sum())
     stats = cache.stats()
     first: dict[int, int] = {}
@@ -309,7 +292,7 @@ def _eviction(
         for capacity in capacities:
             for policy in ("lru", "lfu", "slru"):
                 cache = _configured(cal, capacity=capacity, eviction=policy, index="numpy")
-                served, hit = _serve(cache, fingerprint, feats[reducer], preds, confs)
+                served, hit = serve_stream(cache, feats[reducer], preds, confs, fingerprint)
                 rows.append(
                     {
                         "stream": name,
