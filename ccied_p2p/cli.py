@@ -16,7 +16,7 @@ from ccied_p2p.errors import CCIEDError
 
 __all__ = ["BENCHES", "build_parser", "main"]
 
-BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e", "quota")
+BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e", "quota", "regimes")
 log = logging.getLogger("ccied_p2p.cli")
 
 

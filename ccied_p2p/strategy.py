@@ -37,6 +37,7 @@ from ccied_p2p.errors import ConfigError
 
 __all__ = [
     "Costs",
+    "LinkFit",
     "Option",
     "Peer",
     "Situation",
@@ -312,3 +313,39 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
                 )
     out.sort(key=Option.sort_key)
     return out
+
+
+@dataclass(slots=True)
+class LinkFit:
+    """A link's round trip and bandwidth from (bytes sent, seconds until the answer minus server time).
+
+    Each sample is ``rtt + bytes / bandwidth``; a least-squares line over the last ``window`` samples
+    separates the two when sizes differ (JPEGs and activations do). With one size only, half the fastest
+    sample is taken as the round trip. Before any sample, ``rtt_s`` and ``bandwidth`` are the guesses given.
+    """
+
+    rtt_s: float = 0.001
+    bandwidth: float = 10e6
+    window: int = 32
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        if not (nbytes > 0 and _finite(seconds) and seconds > 0):
+            return
+        self.samples.append((float(nbytes), seconds))
+        del self.samples[: -self.window]
+        xs = [b for b, _ in self.samples]
+        ys = [t for _, t in self.samples]
+        fastest = min(ys)
+        mean_x = sum(xs) / len(xs)
+        mean_y = sum(ys) / len(ys)
+        var = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+        if len(xs) >= 4 and var > 0 and max(xs) > 1.3 * min(xs) and slope > 0:
+            rtt = min(max(mean_y - slope * mean_x, 0.0), fastest)
+        else:
+            rtt = fastest / 2
+        self.rtt_s = rtt
+        per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
+        if per_byte:
+            self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)

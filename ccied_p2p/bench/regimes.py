@@ -1,0 +1,416 @@
+"""``ccied-p2p bench regimes``: the adaptive node against fixed strategies, per device quota, link and stream.
+
+The asking device is a worker subprocess running a :class:`~ccied_p2p.runtime.node.Node` under a CPU quota
+(:class:`~ccied_p2p.runtime.quota.CpuQuota`, 10 ms period; 1.0 = no quota), applied once the worker has
+imported torch and loaded the model and before its node starts (so its start-up profile measures the weak
+device). Two peers run at full speed in this process. Every node is reached through its own user-space relay
+(:class:`~ccied_p2p.testing.Relay`) with the regime's rate and a 10 ms one-way delay (20 ms round trip), and
+advertises the relay, so every byte between device and peers crosses the emulated link.
+
+Model: EfficientNet-Lite0 (pretrained ImageNet, 224 px), split after ``_blocks.5`` (fx node ``add_2``), unpruned. Streams, built
+here and shared with the worker as one ``.npy`` file each: ``camera`` (the virtual camera over real photos,
+:func:`ccied_p2p.camera.virtual_camera`: held views and slow moves, the redundancy a cache exploits) and
+``control`` (every frame a fresh random view of a random photo: nothing to reuse). The labelled ImageNet photo
+camera and the real clips of the camera-resolution issue are not on this branch yet; ``accuracy`` is agreement
+with the unpruned model run locally on the same frames.
+
+Per (quota, link) one worker; per stream it runs, in this order, ``local``, ``offload`` and ``split`` (fixed
+strategies, cache off, measured once and reused for both policies), then the adaptive node with a fresh
+cache, with and without ``frames_stay``. ``ratio`` = adaptive mean / best fixed mean (same run); with
+``frames_stay`` the best fixed is the best of local and split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import secrets
+import socket
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_arguments", "render", "run"]
+
+QUOTAS = (0.10, 0.25, 1.0)
+MBITS = (1.0, 10.0, 100.0)
+RTT_MS = 20.0
+CUT = "add_2"  # the output of _blocks.5 (its residual add), 80x14x14
+FIXED = ("local", "offload", "split")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ccied-p2p bench regimes``."""
+    parser.add_argument("--frames", type=int, default=30, help="measured frames per strategy and cell")
+    parser.add_argument("--quotas", default=",".join(map(str, QUOTAS)), help="device CPU quotas")
+    parser.add_argument("--mbits", default=",".join(f"{m:g}" for m in MBITS), help="link rates, Mbit/s")
+    parser.add_argument("--streams", default="camera,control", help="streams: camera, control")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI size: 25%% quota, 10 Mbit/s, camera, 6 frames"
+    )
+    parser.add_argument("--plots", default=None, help="write the heatmap and latency CDFs (PNG) here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+# ---------------------------------------------------------------- streams (this process)
+
+
+def _streams(names: list[str], n: int) -> dict[str, np.ndarray]:
+    from ccied_p2p.camera import CameraMotion, sample_photos, virtual_camera
+
+    photos = sample_photos()
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "camera":
+            frames = [f.image for f in virtual_camera(photos, n, CameraMotion(), seed=1)]
+        elif name == "control":
+            motion = CameraMotion(hold_mean=1.0, switch=1.0)
+            frames = [f.image for f in virtual_camera(photos, n, motion, seed=2)]
+        else:
+            raise ValueError(f"unknown stream {name!r} (camera, control)")
+        out[name] = np.stack(frames)
+    return out
+
+
+def _split() -> Any:
+    import torch
+
+    from ccied_p2p.models import efficientnet_lite0
+    from ccied_p2p.split import SplitModel
+
+    torch.manual_seed(0)
+    return SplitModel.from_module(efficientnet_lite0(), CUT, torch.zeros(1, 3, 224, 224), name="lite0")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- the worker (the quota'd device)
+
+
+async def _worker_main(spec: dict[str, Any]) -> None:
+    import torch
+
+    from ccied_p2p.inputs import LITE_SPEC
+    from ccied_p2p.runtime.node import Node, NodeConfig
+    from ccied_p2p.strategy import Strategy
+
+    torch.set_num_threads(1)
+    split = _split()
+    streams = {name: np.load(path) for name, path in spec["streams"].items()}
+    print("LOADED", flush=True)
+    sys.stdin.readline()  # the parent applied the quota
+    config = NodeConfig(
+        name="device",
+        secret=spec["secret"],
+        host=spec["host"],
+        port=spec["port"],
+        advertise_host=spec["relay_host"],
+        advertise_port=spec["relay_port"],
+        seeds=tuple(spec["seeds"]),
+        mdns=False,
+        observe=False,
+        request_timeout=30.0,
+        input_spec=LITE_SPEC,
+        cpu_quota=spec["quota"],
+        profile_runs=3,
+    )
+    out: dict[str, Any] = {}
+    async with Node(split, config) as node:
+        await node.wait_for_peers(2, timeout=60.0)
+        for _ in range(300):  # the peers' gossiped costs, before the first choice (30 s at most)
+            if all(m.load is not None and m.load.model_ms > 0 for m in node.peers.values()):
+                break
+            await asyncio.sleep(0.1)
+        warm = streams[next(iter(streams))]
+        node.config.cache = False
+        for i in range(3):  # the link fits see both sizes before anything is measured
+            await node.infer_frame(warm[i], only=Strategy.OFFLOAD)
+            await node.infer_frame(warm[i], only=Strategy.SPLIT)
+        for name, frames in streams.items():
+            runs: dict[str, Any] = {}
+            node.config.cache = False
+            for fixed in FIXED:
+                runs[fixed] = await _run(node, frames, Strategy(fixed))
+            for stay in (False, True):
+                node.reset_cache()
+                node.config.cache = True
+                node.config.frames_stay = stay
+                runs["adaptive_stay" if stay else "adaptive"] = await _run(node, frames, None)
+            node.config.frames_stay = False
+            out[name] = runs
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+async def _run(node: Any, frames: np.ndarray, only: Any) -> dict[str, Any]:
+    lat, labels, chosen, used, sent = [], [], [], [], 0
+    failed = 0
+    for frame in frames:
+        try:
+            r = await node.infer_frame(frame, only=only)
+        except Exception:
+            failed += 1
+            labels.append(-1)
+            continue
+        lat.append(r.latency * 1000)
+        labels.append(r.label)
+        chosen.append(r.chosen)
+        used.append(r.strategy)
+        sent += r.bytes_sent
+    return {"ms": lat, "labels": labels, "chosen": chosen, "used": used, "failed": failed, "bytes": sent}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+async def _cell(
+    quota: float, mbit: float, stream_files: dict[str, str], split: Any, tmp: str
+) -> dict[str, Any]:
+    from ccied_p2p.inputs import LITE_SPEC
+    from ccied_p2p.runtime.node import Node, NodeConfig
+    from ccied_p2p.runtime.quota import CpuQuota
+    from ccied_p2p.testing import LinkSpec, Relay
+
+    secret = secrets.token_urlsafe(24)
+    link = LinkSpec(rate=mbit * 125_000, delay=RTT_MS / 2000)
+    hosts = {"device": "127.0.0.70", "peer1": "127.0.0.71", "peer2": "127.0.0.72"}
+    ports = {name: _free_port(host) for name, host in hosts.items()}
+    relays = {
+        name: Relay(f"127.0.1.{70 + i}", 0, (hosts[name], ports[name]), spec=link, name=name)
+        for i, name in enumerate(hosts)
+    }
+    for relay in relays.values():
+        await relay.start()
+    peers: list[Node] = []
+    proc = None
+    quota_handle = None
+    try:
+        for name in ("peer1", "peer2"):
+            cfg = NodeConfig(
+                name=name,
+                secret=secret,
+                host=hosts[name],
+                port=ports[name],
+                advertise_host=relays[name].host,
+                advertise_port=relays[name].port,
+                seeds=tuple(
+                    f"{r.host}:{r.port}" for n, r in relays.items() if n.startswith("peer") and n != name
+                ),
+                mdns=False,
+                observe=False,
+                cache=False,  # compute servers: the device's own cache is what is measured
+                input_spec=LITE_SPEC,
+                request_timeout=30.0,
+            )
+            node = Node(split, cfg)
+            await node.start()
+            peers.append(node)
+        spec = {
+            "secret": secret,
+            "host": hosts["device"],
+            "port": ports["device"],
+            "relay_host": relays["device"].host,
+            "relay_port": relays["device"].port,
+            "seeds": [f"{relays[n].host}:{relays[n].port}" for n in ("peer1", "peer2")],
+            "quota": quota if quota < 1.0 else None,
+            "streams": stream_files,
+        }
+        spec_path = Path(tmp) / "worker.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ccied_p2p.bench.regimes", str(spec_path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        result: dict[str, Any] | None = None
+        while line := await proc.stdout.readline():
+            text = line.decode(errors="replace").strip()
+            if text == "LOADED":
+                if quota < 1.0:
+                    quota_handle = CpuQuota(quota, proc.pid, shares=65_536).apply()
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            elif text.startswith("RESULT "):
+                result = json.loads(text[7:])
+        await proc.wait()
+        if result is None:
+            err = (await proc.stderr.read()).decode(errors="replace")[-3000:] if proc.stderr else ""
+            raise RuntimeError(f"worker for quota {quota}, {mbit} Mbit/s failed:\n{err}")
+        return result
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if quota_handle is not None:
+            await asyncio.to_thread(quota_handle.release)
+        for node in peers:
+            await node.close()
+        for relay in relays.values():
+            await relay.close()
+
+
+def _reference(split: Any, frames: np.ndarray) -> list[int]:
+    import torch
+
+    from ccied_p2p.inputs import LITE_SPEC
+
+    with torch.inference_mode():
+        return [int(split(torch.from_numpy(LITE_SPEC.preprocess(f))).argmax(1)) for f in frames]
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _rows(quota: float, mbit: float, name: str, runs: dict[str, Any], ref: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    fixed = {k: _mean(runs[k]["ms"]) for k in FIXED}
+    for stay in (False, True):
+        run = runs["adaptive_stay" if stay else "adaptive"]
+        pool = {k: v for k, v in fixed.items() if not (stay and k == "offload")}
+        best = min(pool, key=lambda k: pool[k])
+        adaptive = _mean(run["ms"])
+        agree = [a == b for a, b in zip(run["labels"], ref, strict=True)]
+        used: dict[str, int] = {}
+        for u in run["used"]:
+            used[u] = used.get(u, 0) + 1
+        rows.append(
+            {
+                "quota": quota,
+                "mbit": mbit,
+                "rtt_ms": RTT_MS,
+                "stream": name,
+                "frames_stay": stay,
+                "frames": len(ref),
+                "adaptive_ms": adaptive,
+                "adaptive_p50_ms": statistics.median(run["ms"]) if run["ms"] else math.nan,
+                "best_fixed": best,
+                "best_fixed_ms": pool[best],
+                "ratio": adaptive / pool[best] if pool[best] > 0 else math.nan,
+                "fixed_ms": fixed,
+                "accuracy": sum(agree) / len(agree) if agree else math.nan,
+                "failed": run["failed"] + sum(runs[k]["failed"] for k in FIXED),
+                "used": used,
+                "bytes_per_frame": run["bytes"] / max(1, len(run["ms"])),
+                "latencies_ms": {"adaptive": run["ms"], **{k: runs[k]["ms"] for k in FIXED}},
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.worker is not None:
+        raise SystemExit("--worker is internal")
+    import torch
+
+    from ccied_p2p.runtime.quota import find_controller
+
+    torch.set_num_threads(1)
+    if args.quick:
+        quotas, mbits, names, n = [0.25], [10.0], ["camera"], min(args.frames, 6)
+    else:
+        quotas = [float(q) for q in args.quotas.split(",")]
+        mbits = [float(m) for m in args.mbits.split(",")]
+        names, n = args.streams.split(","), args.frames
+    if any(q < 1.0 for q in quotas):
+        find_controller()  # fails early, saying what is needed
+    split = _split()
+    streams = _streams(names, n)
+    refs = {name: _reference(split, frames) for name, frames in streams.items()}
+    regimes: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ccied-regimes-") as tmp:
+        files = {}
+        for name, frames in streams.items():
+            files[name] = str(Path(tmp) / f"{name}.npy")
+            np.save(files[name], frames)
+        for quota in quotas:
+            for mbit in mbits:
+                result = asyncio.run(_cell(quota, mbit, files, split, tmp))
+                for name in names:
+                    regimes.extend(_rows(quota, mbit, name, result[name], refs[name]))
+                print(f"regimes: quota {quota:g}, {mbit:g} Mbit/s done", file=sys.stderr, flush=True)
+    out = {"model": f"EfficientNet-Lite0 224px split after {CUT}, unpruned", "regimes": regimes}
+    if args.plots:
+        _plots(out, Path(args.plots))
+    return out
+
+
+def _plots(result: dict[str, Any], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    regimes = result["regimes"]
+    for stay in (False, True):
+        rows = [r for r in regimes if r["frames_stay"] is stay]
+        streams = sorted({r["stream"] for r in rows})
+        quotas = sorted({r["quota"] for r in rows})
+        mbits = sorted({r["mbit"] for r in rows})
+        fig, axes = plt.subplots(1, len(streams), figsize=(4.5 * len(streams), 3.6), squeeze=False)
+        for ax, stream in zip(axes[0], streams, strict=True):
+            grid = np.full((len(quotas), len(mbits)), np.nan)
+            for r in rows:
+                if r["stream"] == stream:
+                    grid[quotas.index(r["quota"]), mbits.index(r["mbit"])] = r["ratio"]
+            im = ax.imshow(grid, cmap="RdYlGn_r", vmin=0.3, vmax=1.5, origin="lower")
+            for i in range(len(quotas)):
+                for j in range(len(mbits)):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9)
+            ax.set_xticks(range(len(mbits)), [f"{m:g}" for m in mbits])
+            ax.set_yticks(range(len(quotas)), [f"{q:.0%}" for q in quotas])
+            ax.set_xlabel("link, Mbit/s (20 ms RTT)")
+            ax.set_ylabel("device CPU quota")
+            ax.set_title(f"{stream}: adaptive / best fixed")
+        fig.colorbar(im, ax=axes[0].tolist())
+        fig.savefig(folder / f"regimes_ratio{'_frames_stay' if stay else ''}.png", dpi=120)
+        plt.close(fig)
+    rows = [r for r in regimes if not r["frames_stay"]]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3), squeeze=False)
+    for ax, r in zip(axes[0], rows, strict=True):
+        for name, values in r["latencies_ms"].items():
+            if values:
+                xs = np.sort(values)
+                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name)
+        ax.set_xscale("log")
+        ax.set_title(f"{r['stream']} {r['quota']:.0%} {r['mbit']:g} Mbit/s", fontsize=8)
+        ax.set_xlabel("ms")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "regimes_cdf.png", dpi=100)
+    plt.close(fig)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        result["model"],
+        f"{'stream':<8} {'quota':>5} {'Mbit':>5} {'stay':>5} {'adaptive':>9} {'local':>8} {'offload':>8} "
+        f"{'split':>8} {'best':>8} {'ratio':>6} {'acc':>5} {'fail':>4}  used",
+    ]
+    for r in result["regimes"]:
+        f = r["fixed_ms"]
+        used = ",".join(f"{k}:{v}" for k, v in sorted(r["used"].items()))
+        lines.append(
+            f"{r['stream']:<8} {r['quota']:>5.0%} {r['mbit']:>5g} {str(r['frames_stay'])[0]:>5} "
+            f"{r['adaptive_ms']:>9.1f} {f['local']:>8.1f} {f['offload']:>8.1f} {f['split']:>8.1f} "
+            f"{r['best_fixed']:>8} {r['ratio']:>6.2f} {r['accuracy']:>5.2f} {r['failed']:>4}  {used}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(_worker_main(json.loads(Path(sys.argv[1]).read_text())))
