@@ -341,7 +341,7 @@ class Node:
         self._input_bytes = Ewma(alpha=0.2)
         self._encode_cost = Ewma(alpha=0.2)
         self._lookup_cost = Ewma(alpha=0.2)
-        self._hit_rate = Ewma(alpha=0.1)
+        self._lookups: deque[bool] = deque(maxlen=32)  # the last lookups: hit or not
         self._links_fit: dict[bytes, LinkFit] = {}
         self._since_lookup = 0
         self._refusal_window = -math.inf
@@ -900,6 +900,8 @@ class Node:
                 est = self._estimators.setdefault(node_id, LinkEstimator())
                 fit = self._links_fit.setdefault(node_id, LinkFit())
                 load = member.load
+                if load is not None and load.model_ms < 0:
+                    continue  # it serves nobody
                 if load is not None and load.model_ms > 0:
                     model_s = load.model_ms / 1000
                     costs = Costs(model_s, {cut: min(load.head_ms / 1000, model_s)})
@@ -924,17 +926,23 @@ class Node:
             peers=tuple(peers),
             input_bytes=round(self._input_bytes.get(0.0)),
             activation_bytes={cut: round(self._act_bytes.get(0.0))},
-            hit_rate=min(max(self._hit_rate.get(0.5), 0.0), 1.0),
-            lookup_at=cut if self.config.cache else None,
+            hit_rate=self.recent_hit_rate(),
+            # A cache calibrated to answer nothing (threshold < 0) is no option.
+            lookup_at=cut if self.config.cache and self.cache.threshold >= 0 else None,
             lookup_s=self._lookup_cost.get(0.0003),
             device_queue_s=self._local_queue * self._tail_row.get(0.0),
             encode_s=self._encode_cost.get(0.0) if self._offload_format() == "jpeg" else 0.0,
         )
 
+    def recent_hit_rate(self) -> float:
+        """Hits over the last 32 lookups, with one hit and one miss assumed before them (Laplace): an
+        unmeasured or unlucky cache keeps a chance to be tried."""
+        return (sum(self._lookups) + 1) / (len(self._lookups) + 2)
+
     def reset_cache(self) -> None:
         """Empty this node's cache and forget its measured hit rate (a fresh start, e.g. between runs)."""
         self.cache.clear()
-        self._hit_rate = Ewma(alpha=0.1)
+        self._lookups.clear()
         self._since_lookup = 0
 
     def options(self) -> list[Option]:
@@ -965,17 +973,22 @@ class Node:
         pixels = spec.prepare(frame)
         options = self.options()
         chosen = options[0].label
+        # A fixed strategy other than the cache leaves the cache alone (no lookup, no insert).
+        use_cache = self.config.cache and only in (None, Strategy.CACHE)
         if only is not None:
             picked = [o for o in options if o.strategy is only]
             options = picked + [o for o in options if o.strategy is Strategy.LOCAL]
         elif (
-            self.config.cache
+            use_cache
             and self.config.explore_every
             and options[0].strategy is not Strategy.CACHE
             and self._since_lookup >= self.config.explore_every
         ):
+            # Measure the hit rate again, once in a while, if a hit would beat the best option at all.
             cached = [o for o in options if o.strategy is Strategy.CACHE]
-            options = cached[:1] + options  # measure the hit rate again, once in a while
+            if cached and cached[0].device_s < options[0].seconds:
+                options = cached[:1] + options
+        self._since_lookup += 1
         timings: dict[str, float] = {}
         fp = self.split.fingerprint
         act: np.ndarray[Any, Any] | None = None
@@ -1019,7 +1032,7 @@ class Node:
                     else:
                         msg = InferRequest(0, fp, self.split.split_at, act, self.config.encoding)
                         done = await self._remote(option, msg, timings, t0)
-                    if self.config.cache and done is not None:
+                    if use_cache and done is not None:
                         with contextlib.suppress(CCIEDError):
                             if isinstance(found, Hit):
                                 self.cache.verify(act, found, done.label, done.confidence, fp, self._now())
@@ -1043,7 +1056,7 @@ class Node:
             return None
         timings["lookup"] = time.perf_counter() - start
         self._lookup_cost.update(timings["lookup"])
-        self._hit_rate.update(1.0 if isinstance(found, Hit) and not found.audit else 0.0)
+        self._lookups.append(isinstance(found, Hit) and not found.audit)
         return found
 
     async def _input_message(self, pixels: np.ndarray[Any, Any], timings: dict[str, float]) -> InferInput:
@@ -1504,7 +1517,8 @@ class Node:
                         self._local_queue,
                         self._local_tail.get(0.001) * 1000,
                         self._served_rate.rate(now),
-                        (head_s + self._tail_row.get(0.0)) * 1000,
+                        # -1: serves nobody (serve=False), so askers leave this member out
+                        (head_s + self._tail_row.get(0.0)) * 1000 if self.config.serve else -1.0,
                         head_s * 1000,
                     )
                 )
