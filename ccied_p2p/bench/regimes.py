@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_arguments", "render", "run"]
+__all__ = ["add_arguments", "camera_demo", "render", "render_camera_demo", "run"]
 
 QUOTAS = (0.10, 0.25, 1.0)
 MBITS = (1.0, 10.0, 100.0)
@@ -437,6 +437,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.plots:
         _plots(out, Path(args.plots))
     return out
+
+
+def camera_demo(quota: float | None, mbit: float = 10.0, frames: int = 24) -> dict[str, Any]:
+    """``ccied-p2p demo --camera``: a 224-px camera stream from a weak device (``quota`` of one core, where
+    cgroups allow; None: full speed) to two full-speed peers over ``mbit`` and 20 ms; per frame, what the
+    adaptive device chose and its latency, against local and offload on the same frame."""
+    import torch
+
+    torch.set_num_threads(1)
+    note = ""
+    q = 1.0 if quota is None else quota
+    if q < 1.0:
+        from ccied_p2p.errors import CCIEDError
+        from ccied_p2p.runtime.quota import find_controller
+
+        try:
+            find_controller()
+        except CCIEDError as exc:
+            note, q = f"no CPU quota ({exc}): the device runs at full speed", 1.0
+    split = _split()
+    cache = _calibrate(split, 120)
+    stream = _streams(["camera"], frames)["camera"]
+    ref = _reference(split, stream)
+    with tempfile.TemporaryDirectory(prefix="ccied-demo-") as tmp:
+        path = str(Path(tmp) / "camera.npy")
+        np.save(path, stream)
+        result = asyncio.run(_cell(q, mbit, {"camera": path}, split, tmp, cache))["camera"]
+    row = _rows(q, mbit, "camera", result, ref)[0]
+    return {
+        "quota": q,
+        "mbit": mbit,
+        "rtt_ms": RTT_MS,
+        "note": note,
+        "frames": [
+            {
+                "chosen": c,
+                "answered": u,
+                "adaptive_ms": a,
+                "local_ms": lo,
+                "offload_ms": off,
+            }
+            for c, u, a, lo, off in zip(
+                result["adaptive"]["chosen"],
+                result["adaptive"]["used"],
+                result["adaptive"]["ms"],
+                result["local"]["ms"],
+                result["offload"]["ms"],
+                strict=False,
+            )
+        ],
+        "summary": {
+            k: row[k] for k in ("adaptive_ms", "fixed_ms", "best_fixed", "ratio", "accuracy", "failed")
+        },
+    }
+
+
+def render_camera_demo(out: dict[str, Any]) -> str:
+    lines = [
+        f"camera 224 px, device at {out['quota']:.0%} of a core, two full-speed peers, {out['mbit']:g} Mbit/s, "
+        f"{out['rtt_ms']:g} ms RTT" + (f" ({out['note']})" if out["note"] else ""),
+        f"{'frame':>5}  {'chosen':<28} {'answered':<14} {'adaptive':>9} {'local':>8} {'offload':>8}",
+    ]
+    for i, f in enumerate(out["frames"]):
+        lines.append(
+            f"{i:>5}  {f['chosen']:<28} {f['answered']:<14} {f['adaptive_ms']:>9.1f} {f['local_ms']:>8.1f} "
+            f"{f['offload_ms']:>8.1f}"
+        )
+    s = out["summary"]
+    fx = s["fixed_ms"]
+    lines.append(
+        f"mean ms: adaptive {s['adaptive_ms']:.1f}, local {fx['local']:.1f}, offload {fx['offload']:.1f}, "
+        f"split {fx['split']:.1f}; adaptive / best fixed ({s['best_fixed']}) = {s['ratio']:.2f}; "
+        f"agreement with local {s['accuracy']:.0%}; failed {s['failed']}"
+    )
+    return "\n".join(lines)
 
 
 def _plots(result: dict[str, Any], folder: Path) -> None:
