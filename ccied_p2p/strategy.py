@@ -38,12 +38,15 @@ from ccied_p2p.errors import ConfigError
 __all__ = [
     "Costs",
     "LinkFit",
+    "Live",
+    "LivePeer",
     "Option",
     "Peer",
     "Situation",
     "Strategy",
     "StrategyPolicy",
     "choose",
+    "live_situation",
 ]
 
 
@@ -349,3 +352,83 @@ class LinkFit:
         per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
         if per_byte:
             self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+
+
+@dataclass(frozen=True, slots=True)
+class LivePeer:
+    """What a node knows of one peer: its gossiped costs (``model_ms`` / ``head_ms``, 0 unknown, negative:
+    it serves nobody), queue and service rate, and this node's fit of the link and requests in flight."""
+
+    name: str
+    bandwidth: float
+    rtt_s: float
+    model_ms: float = 0.0
+    head_ms: float = 0.0
+    queue_depth: int = 0
+    service_rate: float = 0.0
+    inflight: int = 0
+    penalty_s: float = 0.0
+    node_id: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """A node's live measurements, as :meth:`ccied_p2p.runtime.node.Node.situation` gathers them."""
+
+    cut: str
+    head_s: float
+    tail_s: float
+    peers: Sequence[LivePeer] = ()
+    input_bytes: int = 0
+    activation_bytes: int = 0
+    lookups: Sequence[bool] = ()  # the recent lookups, hit or not
+    cache: bool = False  # a cache that can answer (on, and calibrated to a threshold >= 0)
+    lookup_s: float = 0.0003
+    queue_s: float = 0.0
+    encode_s: float = 0.0
+    slowdown: float = (
+        1.0  # this device's CPU quota's slowdown: a peer that did not report is that much faster
+    )
+
+
+def live_situation(live: Live) -> Situation:
+    """The :class:`Situation` a node's live measurements describe (pure; ``plan`` builds its own from a
+    profile with :func:`ccied_p2p.planner.situation`, and both go through :func:`choose`).
+
+    The hit rate is hits over the recent lookups with one hit and one miss assumed before them (Laplace), so
+    an unmeasured cache keeps a chance to be tried.
+    """
+    device = Costs(live.head_s + live.tail_s, {live.cut: live.head_s})
+    peers = []
+    for p in live.peers:
+        if p.model_ms < 0:
+            continue  # it serves nobody
+        if p.model_ms > 0:
+            model_s = p.model_ms / 1000
+            costs = Costs(model_s, {live.cut: min(p.head_ms / 1000, model_s)})
+        else:  # not reported yet: as fast as this device at full speed
+            costs = device.scaled(1.0 / live.slowdown)
+        peers.append(
+            Peer(
+                p.name,
+                costs,
+                p.bandwidth,
+                p.rtt_s,
+                queue_depth=p.queue_depth,
+                inflight=p.inflight,
+                service_rate=p.service_rate,
+                penalty_s=p.penalty_s,
+                node_id=p.node_id,
+            )
+        )
+    return Situation(
+        device=device,
+        peers=tuple(peers),
+        input_bytes=live.input_bytes,
+        activation_bytes={live.cut: live.activation_bytes},
+        hit_rate=(sum(live.lookups) + 1) / (len(live.lookups) + 2),
+        lookup_at=live.cut if live.cache else None,
+        lookup_s=live.lookup_s,
+        device_queue_s=live.queue_s,
+        encode_s=live.encode_s,
+    )

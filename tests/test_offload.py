@@ -21,10 +21,12 @@ from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import decode_message, encode_message, peek_message
 from ccied_p2p.errors import EncodeError, MalformedError, PeerError
 from ccied_p2p.inputs import LITE_SPEC, InputSpec, decode_jpeg, encode_jpeg
+from ccied_p2p.planner import Link, PruneOption
+from ccied_p2p.planner import situation as planned_situation
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
-from ccied_p2p.strategy import Strategy, choose
+from ccied_p2p.strategy import Live, LivePeer, Strategy, StrategyPolicy, choose, live_situation
 
 SECRET = "test-secret-0123456789"
 RNG = np.random.default_rng(0)
@@ -154,6 +156,47 @@ def test_load_reports_carry_the_measured_costs() -> None:
     back = decode_message(encode_message(Gossip((member,))))
     assert isinstance(back, Gossip)
     assert back.updates[0].load == load
+
+
+def test_plan_and_the_live_choice_agree_on_the_same_numbers(split: SplitModel) -> None:
+    """``plan`` (planner.situation from a profile) and a node (live_situation from its measurements) hand
+    the same numbers to the same pure function, so they choose alike, whichever strategy wins."""
+    cut = split.split_at
+    profile = split.profile(repeats=3)
+    chosen = set()
+    # LeNet takes a fraction of a millisecond: only a device 100x slower than its peer offloads or splits.
+    # hits None: no cache.
+    for slowdown, mbit, hits in [(1, 10, 0), (1, 10, 30), (100, 100, 0), (100, 100, None)]:
+        lookups = [] if hits is None else [True] * hits + [False] * (32 - hits)
+        link = Link.mbit(mbit, 20)
+        planned = planned_situation(
+            profile,
+            link,
+            0.0 if hits is None else (hits + 1) / 34,
+            {cut: [PruneOption(0.0, 0.06)]},
+            input_wire_bytes=28 * 28 * 4,
+            slowdown=slowdown,
+        )
+        peer = planned.peers[0].costs
+        live = Live(
+            cut,
+            head_s=planned.device.head(cut),
+            tail_s=planned.device.rest(cut),
+            peers=[LivePeer("peer0", link.bandwidth, link.rtt_s, peer.model_s * 1000, peer.head(cut) * 1000)],
+            input_bytes=planned.input_bytes,
+            activation_bytes=planned.activation_bytes[cut],
+            lookups=lookups,
+            cache=hits is not None,
+            lookup_s=planned.lookup_s,
+            slowdown=slowdown,
+        )
+        for policy in (StrategyPolicy(), StrategyPolicy(frames_stay=True)):
+            mine, theirs = choose(live_situation(live), policy), choose(planned, policy)
+            assert [(o.label, round(o.seconds, 9)) for o in mine] == [
+                (o.label, round(o.seconds, 9)) for o in theirs
+            ]
+            chosen.add(mine[0].strategy)
+    assert chosen == set(Strategy)
 
 
 # ---------------------------------------------------------------- live

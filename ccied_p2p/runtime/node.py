@@ -89,7 +89,16 @@ from ccied_p2p.scheduler import (
     choose,
 )
 from ccied_p2p.split import SplitModel
-from ccied_p2p.strategy import Costs, LinkFit, Option, Peer, Situation, Strategy, StrategyPolicy
+from ccied_p2p.strategy import (
+    LinkFit,
+    Live,
+    LivePeer,
+    Option,
+    Situation,
+    Strategy,
+    StrategyPolicy,
+    live_situation,
+)
 from ccied_p2p.strategy import choose as choose_strategy
 
 __all__ = ["InferenceResult", "Node", "NodeConfig", "NodeObserver", "NodeStats"]
@@ -881,12 +890,10 @@ class Node:
 
     def situation(self) -> Situation:
         """What :func:`ccied_p2p.strategy.choose` sees now: this device's measured costs, each compatible
-        peer's gossiped costs and load, each link's fitted bandwidth and round trip, the cache's hit rate."""
-        cut = self.split.split_at
-        head = self._head_cost.get(0.0)
-        device = Costs(head + self._tail_row.get(0.0), {cut: head})
+        peer's gossiped costs and load, each link's fitted bandwidth and round trip, the cache's hit rate
+        (assembled by the pure :func:`ccied_p2p.strategy.live_situation`)."""
         now = self._now()
-        peers: list[Peer] = []
+        peers: list[LivePeer] = []
         if self.config.offload:
             for node_id, link in self.links.items():
                 member = self.membership.get(node_id)
@@ -900,38 +907,36 @@ class Node:
                 est = self._estimators.setdefault(node_id, LinkEstimator())
                 fit = self._links_fit.setdefault(node_id, LinkFit())
                 load = member.load
-                if load is not None and load.model_ms < 0:
-                    continue  # it serves nobody
-                if load is not None and load.model_ms > 0:
-                    model_s = load.model_ms / 1000
-                    costs = Costs(model_s, {cut: min(load.head_ms / 1000, model_s)})
-                else:  # not reported yet: as fast as this device at full speed
-                    costs = device.scaled(self.config.cpu_quota or 1.0)
                 peers.append(
-                    Peer(
+                    LivePeer(
                         member.name,
-                        costs,
                         fit.bandwidth,
                         fit.rtt_s,
+                        model_ms=load.model_ms if load is not None else 0.0,
+                        head_ms=load.head_ms if load is not None else 0.0,
                         queue_depth=load.queue_depth if load is not None else 0,
-                        inflight=link.in_flight,
                         service_rate=load.service_rate if load is not None else 0.0,
+                        inflight=link.in_flight,
                         penalty_s=self.config.request_timeout if est.backoff_until > now else 0.0,
-                        offload=True,
                         node_id=node_id,
                     )
                 )
-        return Situation(
-            device=device,
-            peers=tuple(peers),
-            input_bytes=round(self._input_bytes.get(0.0)),
-            activation_bytes={cut: round(self._act_bytes.get(0.0))},
-            hit_rate=self.recent_hit_rate(),
-            # A cache calibrated to answer nothing (threshold < 0) is no option.
-            lookup_at=cut if self.config.cache and self.cache.threshold >= 0 else None,
-            lookup_s=self._lookup_cost.get(0.0003),
-            device_queue_s=self._local_queue * self._tail_row.get(0.0),
-            encode_s=self._encode_cost.get(0.0) if self._offload_format() == "jpeg" else 0.0,
+        return live_situation(
+            Live(
+                self.split.split_at,
+                self._head_cost.get(0.0),
+                self._tail_row.get(0.0),
+                peers,
+                input_bytes=round(self._input_bytes.get(0.0)),
+                activation_bytes=round(self._act_bytes.get(0.0)),
+                lookups=tuple(self._lookups),
+                # A cache calibrated to answer nothing (threshold < 0) is no option.
+                cache=self.config.cache and self.cache.threshold >= 0,
+                lookup_s=self._lookup_cost.get(0.0003),
+                queue_s=self._local_queue * self._tail_row.get(0.0),
+                encode_s=self._encode_cost.get(0.0) if self._offload_format() == "jpeg" else 0.0,
+                slowdown=1.0 / (self.config.cpu_quota or 1.0),
+            )
         )
 
     def recent_hit_rate(self) -> float:
