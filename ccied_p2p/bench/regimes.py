@@ -542,6 +542,7 @@ def camera_demo(quota: float | None, mbit: float = 10.0, frames: int = 24) -> di
                 "best_fixed",
                 "ratio",
                 "accuracy",
+                "local_accuracy",
                 "failed",
             )
         },
