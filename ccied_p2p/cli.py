@@ -16,7 +16,18 @@ from ccied_p2p.errors import CCIEDError
 
 __all__ = ["BENCHES", "build_parser", "main"]
 
-BENCHES = ("codec", "cache", "calibration", "gossip", "transport", "serve", "sharing", "e2e", "quota")
+BENCHES = (
+    "codec",
+    "cache",
+    "calibration",
+    "gossip",
+    "transport",
+    "serve",
+    "sharing",
+    "e2e",
+    "quota",
+    "regimes",
+)
 log = logging.getLogger("ccied_p2p.cli")
 
 
@@ -232,6 +243,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
+    if args.camera:
+        from ccied_p2p.bench.regimes import camera_demo, render_camera_demo
+
+        quota = args.cpu_quota if args.cpu_quota is not None else 0.25
+        cam = camera_demo(quota, mbit=args.mbit, frames=args.frames)
+        _emit(cam, args.json, render_camera_demo(cam))
+        return 0 if cam["summary"]["failed"] == 0 else 1
+
     from ccied_p2p.demo import demo, render_demo
     from ccied_p2p.presets import reference_parts
 
@@ -407,6 +426,14 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amount", type=float, default=0.75)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--no-mdns", action="store_true", help="join by seeds only")
+    p.add_argument(
+        "--camera",
+        action="store_true",
+        help="EfficientNet-Lite0 on a 224-px camera stream from a weak device (--cpu-quota, default 0.25) to "
+        "two full-speed peers: what the node chose per frame, against local and offload",
+    )
+    p.add_argument("--mbit", type=float, default=10.0, help="with --camera: the link's rate (20 ms RTT)")
+    p.add_argument("--frames", type=int, default=24, help="with --camera: frames")
     cpu_quota_arg(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -37,12 +37,16 @@ from ccied_p2p.errors import ConfigError
 
 __all__ = [
     "Costs",
+    "LinkFit",
+    "Live",
+    "LivePeer",
     "Option",
     "Peer",
     "Situation",
     "Strategy",
     "StrategyPolicy",
     "choose",
+    "live_situation",
 ]
 
 
@@ -312,3 +316,119 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
                 )
     out.sort(key=Option.sort_key)
     return out
+
+
+@dataclass(slots=True)
+class LinkFit:
+    """A link's round trip and bandwidth from (bytes sent, seconds until the answer minus server time).
+
+    Each sample is ``rtt + bytes / bandwidth``; a least-squares line over the last ``window`` samples
+    separates the two when sizes differ (JPEGs and activations do). With one size only, half the fastest
+    sample is taken as the round trip. Before any sample, ``rtt_s`` and ``bandwidth`` are the guesses given.
+    """
+
+    rtt_s: float = 0.001
+    bandwidth: float = 10e6
+    window: int = 32
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        if not (nbytes > 0 and _finite(seconds) and seconds > 0):
+            return
+        self.samples.append((float(nbytes), seconds))
+        del self.samples[: -self.window]
+        xs = [b for b, _ in self.samples]
+        ys = [t for _, t in self.samples]
+        fastest = min(ys)
+        mean_x = sum(xs) / len(xs)
+        mean_y = sum(ys) / len(ys)
+        var = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+        if len(xs) >= 4 and var > 0 and max(xs) > 1.3 * min(xs) and slope > 0:
+            rtt = min(max(mean_y - slope * mean_x, 0.0), fastest)
+        else:
+            rtt = fastest / 2
+        self.rtt_s = rtt
+        per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
+        if per_byte:
+            self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+
+
+@dataclass(frozen=True, slots=True)
+class LivePeer:
+    """What a node knows of one peer: its gossiped costs (``model_ms`` / ``head_ms``, 0 unknown, negative:
+    it serves nobody), queue and service rate, and this node's fit of the link and requests in flight."""
+
+    name: str
+    bandwidth: float
+    rtt_s: float
+    model_ms: float = 0.0
+    head_ms: float = 0.0
+    queue_depth: int = 0
+    service_rate: float = 0.0
+    inflight: int = 0
+    penalty_s: float = 0.0
+    node_id: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """A node's live measurements, as :meth:`ccied_p2p.runtime.node.Node.situation` gathers them."""
+
+    cut: str
+    head_s: float
+    tail_s: float
+    peers: Sequence[LivePeer] = ()
+    input_bytes: int = 0
+    activation_bytes: int = 0
+    lookups: Sequence[bool] = ()  # the recent lookups, hit or not
+    cache: bool = False  # a cache that can answer (on, and calibrated to a threshold >= 0)
+    lookup_s: float = 0.0003
+    queue_s: float = 0.0
+    encode_s: float = 0.0
+    slowdown: float = (
+        1.0  # this device's CPU quota's slowdown: a peer that did not report is that much faster
+    )
+
+
+def live_situation(live: Live) -> Situation:
+    """The :class:`Situation` a node's live measurements describe (pure; ``plan`` builds its own from a
+    profile with :func:`ccied_p2p.planner.situation`, and both go through :func:`choose`).
+
+    The hit rate is hits over the recent lookups with one hit and one miss assumed before them (Laplace), so
+    an unmeasured cache keeps a chance to be tried.
+    """
+    device = Costs(live.head_s + live.tail_s, {live.cut: live.head_s})
+    peers = []
+    for p in live.peers:
+        if p.model_ms < 0:
+            continue  # it serves nobody
+        if p.model_ms > 0:
+            model_s = p.model_ms / 1000
+            costs = Costs(model_s, {live.cut: min(p.head_ms / 1000, model_s)})
+        else:  # not reported yet: as fast as this device at full speed
+            costs = device.scaled(1.0 / live.slowdown)
+        peers.append(
+            Peer(
+                p.name,
+                costs,
+                p.bandwidth,
+                p.rtt_s,
+                queue_depth=p.queue_depth,
+                inflight=p.inflight,
+                service_rate=p.service_rate,
+                penalty_s=p.penalty_s,
+                node_id=p.node_id,
+            )
+        )
+    return Situation(
+        device=device,
+        peers=tuple(peers),
+        input_bytes=live.input_bytes,
+        activation_bytes={live.cut: live.activation_bytes},
+        hit_rate=(sum(live.lookups) + 1) / (len(live.lookups) + 2),
+        lookup_at=live.cut if live.cache else None,
+        lookup_s=live.lookup_s,
+        device_queue_s=live.queue_s,
+        encode_s=live.encode_s,
+    )

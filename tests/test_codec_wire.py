@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import ccied_p2p.codec as codec
 from ccied_p2p.codec import messages as m
-from ccied_p2p.codec.tensor import ENCODINGS, encode_tensor
+from ccied_p2p.codec.tensor import DEFAULT_LIMITS, ENCODINGS, encode_tensor
 from ccied_p2p.codec.wire import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -50,7 +50,15 @@ features = st.integers(0, 64).flatmap(
         lambda v: np.array(v, dtype=np.float32)
     )
 )
-loads = st.builds(m.LoadReport, version=u64, queue_depth=u64, tail_ms=floats, service_rate=floats)
+loads = st.builds(
+    m.LoadReport,
+    version=u64,
+    queue_depth=u64,
+    tail_ms=floats,
+    service_rate=floats,
+    model_ms=floats,
+    head_ms=floats,
+)
 summaries = st.builds(
     m.CacheSummary,
     version=u64,
@@ -138,6 +146,28 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     m.CacheEntries: st.builds(m.CacheEntries, entries=st.lists(entries, max_size=4).map(tuple)),
     m.CacheLookup: st.builds(m.CacheLookup, request_id=u64, fingerprint=texts, feature=features),
+    m.InferInput: st.one_of(
+        st.builds(
+            m.InferInput,
+            request_id=u64,
+            fingerprint=texts,
+            preprocess=texts,
+            format=st.just("jpeg"),
+            shape=st.lists(st.integers(1, 300), min_size=1, max_size=4).map(tuple),
+            data=st.binary(max_size=2000),
+        ),
+        st.lists(st.integers(1, 6), min_size=1, max_size=3).flatmap(
+            lambda shape: st.builds(
+                m.InferInput,
+                request_id=u64,
+                fingerprint=texts,
+                preprocess=texts,
+                format=st.just("raw"),
+                shape=st.just(tuple(shape)),
+                tensor=st.just(np.arange(np.prod(shape), dtype=np.float32).reshape(1, *shape)),
+            )
+        ),
+    ),
     m.CacheLookupResult: st.builds(
         m.CacheLookupResult,
         request_id=u64,
@@ -278,7 +308,7 @@ def test_unknown_version() -> None:
         decode_message(frame(LEAVE, [NODE, 7], version=2))
 
 
-@pytest.mark.parametrize("mtype", [0, 15, 255])
+@pytest.mark.parametrize("mtype", [0, 16, 255])
 def test_unknown_message_type(mtype: int) -> None:
     with pytest.raises(UnsupportedError, match="message type"):
         decode_message(frame(mtype, []))
@@ -317,6 +347,9 @@ def test_string_over_the_limit() -> None:
 
 def test_bytes_over_the_limit() -> None:
     data = frame(MESSAGE_TYPES[m.Auth], [b"p" * 300])
+    with pytest.raises(MalformedError, match="longer than max_bytes_len"):
+        decode_message(data)
+    data = frame(MESSAGE_TYPES[m.Auth], [b"p" * (DEFAULT_LIMITS.max_input_bytes + 1)])
     with pytest.raises(MalformedError, match="msgpack within limits"):
         decode_message(data)
 
@@ -373,7 +406,7 @@ def test_total_tensor_elements_per_frame_are_bounded() -> None:
         (
             MESSAGE_TYPES[m.Gossip],
             [[[NODE, "a", "h", 1, "f", "alive", 1, [1, 2, 3], None]]],
-            "load must have 4",
+            "load must have 6",
         ),
         (
             MESSAGE_TYPES[m.Gossip],

@@ -6,6 +6,11 @@ with the secret turns kilobytes on the wire into gigabytes of RAM and seconds of
 
 - an ``InferRequest`` activation is ``(N, *activation_shape)`` with ``1 <= N <= max_rows`` (the node's
   ``max_batch``): anything else is refused as ``shape`` or ``rows``;
+- an ``InferInput`` (offload) claims the model's input shape ``input_shape`` (None: this node takes no
+  offloads, ``input``); a JPEG is at most ``max_input_bytes`` and carries no tensor, a raw input is one
+  ``(1, *input_shape)`` tensor (``shape``). Its pixels are checked against the same size when the JPEG
+  header is parsed, before a pixel is decoded (:func:`ccied_p2p.inputs.decode_jpeg`). It counts as one row
+  and :meth:`AdmissionPolicy.input_cost` bytes against the budget below;
 - feature tensors (``CacheEntries``, ``CacheLookup``) are 1-D and at most ``max_feature`` elements each
   (``feature``);
 - the tail rows and decoded bytes a peer has waiting or computing stay within ``queue_rows`` and
@@ -19,10 +24,11 @@ Pure: no I/O, no clock. The runtime reserves with :meth:`PeerBudget.admit` and g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ccied_p2p.codec.messages import CacheEntries, CacheLookup, InferRequest
+from ccied_p2p.codec.messages import CacheEntries, CacheLookup, InferInput, InferRequest
 from ccied_p2p.codec.wire import Frame
 
 __all__ = ["AdmissionPolicy", "PeerBudget", "Refusal", "Refused"]
@@ -35,6 +41,7 @@ class Refusal(StrEnum):
     ROWS = "rows"
     FEATURE = "feature"
     BUSY = "busy"
+    INPUT = "input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +62,43 @@ class AdmissionPolicy:
     max_feature: int
     queue_rows: int
     queue_bytes: int
+    input_shape: tuple[int, ...] | None = None
+    max_input_bytes: int = 0
+
+    def input_cost(self, jpeg_bytes: int) -> int:
+        """Bytes an admitted input holds here: the JPEG, its pixels and the float32 tensor."""
+        return jpeg_bytes + 5 * math.prod(self.input_shape or ())
+
+    def _check_input(self, frame: Frame) -> Refused | None:
+        rid = frame.request_id
+        if self.input_shape is None:
+            return Refused(Refusal.INPUT, "this node does not run whole inputs", rid)
+        fields = frame.fields
+        shape = fields[4] if len(fields) > 5 else None
+        want = list(self.input_shape)
+        if not isinstance(shape, list) or shape != want or not all(type(d) is int for d in shape):
+            return Refused(Refusal.SHAPE, f"input shape {shape!r}, this model takes {want}", rid)
+        fmt, data = fields[3], fields[5]
+        if fmt == "jpeg":
+            if frame.tensors or type(data) is not bytes or len(data) > self.max_input_bytes:
+                size = len(data) if isinstance(data, bytes) else "?"
+                return Refused(
+                    Refusal.INPUT,
+                    f"JPEG of {size} bytes, this node takes at most {self.max_input_bytes}",
+                    rid,
+                )
+        elif fmt == "raw":
+            if len(frame.tensors) != 1 or frame.tensors[0].shape != (1, *self.input_shape):
+                got = [t.shape for t in frame.tensors]
+                return Refused(Refusal.SHAPE, f"raw input {got}, expected (1, *{self.input_shape})", rid)
+        else:
+            return Refused(Refusal.INPUT, f"input format {fmt!r}, expected 'jpeg' or 'raw'", rid)
+        return None
 
     def check(self, frame: Frame) -> Refused | None:
         """The stateless rules: shapes and row counts (no budget)."""
+        if frame.kind is InferInput:
+            return self._check_input(frame)
         if frame.kind is InferRequest:
             shape = frame.tensors[0].shape
             if len(shape) < 1 or shape[1:] != self.activation_shape:
@@ -94,8 +135,12 @@ class PeerBudget:
         if refused is not None:
             return refused
         nbytes = frame.decoded_bytes
-        if frame.kind is InferRequest:
-            rows = frame.tensors[0].shape[0]
+        if frame.kind is InferRequest or frame.kind is InferInput:
+            if frame.kind is InferInput:
+                data = frame.fields[5]
+                rows, nbytes = 1, policy.input_cost(len(data) if isinstance(data, bytes) else 0)
+            else:
+                rows = frame.tensors[0].shape[0]
             idle = self.rows == 0 and self.nbytes == 0
             if not idle and (
                 self.rows + rows > policy.queue_rows or self.nbytes + nbytes > policy.queue_bytes

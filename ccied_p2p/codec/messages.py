@@ -24,6 +24,7 @@ __all__ = [
     "ErrorMessage",
     "Gossip",
     "Hello",
+    "InferInput",
     "InferRequest",
     "InferResponse",
     "Leave",
@@ -78,6 +79,25 @@ class InferRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class InferInput:
+    """Run the whole model on this input (offload) and answer with an :class:`InferResponse`.
+
+    ``format`` "jpeg": ``data`` is a JPEG of the model's input size, turned into the input as ``preprocess``
+    (an :attr:`~ccied_p2p.inputs.InputSpec.key`) says; "raw": ``tensor`` is the input itself, ``(1, *shape)``.
+    ``shape`` is the model's input per row ``(C, H, W)``, checked before anything is decoded.
+    """
+
+    request_id: int
+    fingerprint: str
+    preprocess: str
+    format: str
+    shape: tuple[int, ...]
+    data: bytes = b""
+    tensor: FloatArray | None = None
+    encoding: str = "dense-f32"
+
+
+@dataclass(frozen=True, slots=True)
 class InferResponse:
     """The tail's answer: one label and confidence per batch row, and server-side timings in seconds."""
 
@@ -104,6 +124,8 @@ class LoadReport:
     queue_depth: int
     tail_ms: float
     service_rate: float
+    model_ms: float = 0.0  # the whole model on this member, measured there (0: unknown)
+    head_ms: float = 0.0  # the model up to its split point (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +248,7 @@ Message = (
     | Auth
     | InferRequest
     | InferResponse
+    | InferInput
     | ErrorMessage
     | Ping
     | PingReq

@@ -100,6 +100,7 @@ class Limits:
     max_items: int = 1024
     max_string_bytes: int = 4096
     max_bytes_len: int = 256
+    max_input_bytes: int = 512 << 10  # an offloaded JPEG (InferInput.data), the one long bytes field
 
     def __post_init__(self) -> None:
         # Below these floors no message could pass (a member update is a 9-field array, a node id 16 bytes),

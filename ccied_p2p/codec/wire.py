@@ -41,6 +41,7 @@ from ccied_p2p.codec.messages import (
     ErrorMessage,
     Gossip,
     Hello,
+    InferInput,
     InferRequest,
     InferResponse,
     Leave,
@@ -75,6 +76,7 @@ __all__ = [
     "FEATURE_ENCODING",
     "FORMAT_VERSION",
     "HEADER_SIZE",
+    "INPUT_FORMATS",
     "MESSAGE_TYPES",
     "NODE_ID_BYTES",
     "Frame",
@@ -110,6 +112,7 @@ MESSAGE_TYPES: Final[dict[type[Any], int]] = {
     CacheEntries: 12,
     CacheLookup: 13,
     CacheLookupResult: 14,
+    InferInput: 15,
 }
 """The message type byte of each message class."""
 
@@ -180,13 +183,18 @@ class _Check:
             raise self.over(f"{name} is longer than max_string_bytes={self.limits.max_string_bytes}")
         return value
 
-    def bytes_(self, value: object, name: str, exact: int | None = None) -> bytes:
+    def bytes_(self, value: object, name: str, exact: int | None = None, long: bool = False) -> bytes:
         if type(value) is not bytes:
             raise self.fail(f"{name} must be bytes, got {type(value).__name__}")
         if exact is not None and len(value) != exact:
             raise self.fail(f"{name} must be {exact} bytes, got {len(value)}")
-        if len(value) > self.limits.max_bytes_len:
-            raise self.over(f"{name} is longer than max_bytes_len={self.limits.max_bytes_len}")
+        bound, limit = (
+            (self.limits.max_input_bytes, "max_input_bytes")
+            if long
+            else (self.limits.max_bytes_len, "max_bytes_len")
+        )
+        if len(value) > bound:
+            raise self.over(f"{name} is longer than {limit}={bound}")
         return value
 
     def seq(self, value: object, name: str, length: int | None = None) -> list[Any] | tuple[Any, ...]:
@@ -214,16 +222,20 @@ def _load_out(c: _Check, load: LoadReport) -> list[Any]:
         c.int_(load.queue_depth, "load.queue_depth"),
         c.float_(load.tail_ms, "load.tail_ms"),
         c.float_(load.service_rate, "load.service_rate"),
+        c.float_(load.model_ms, "load.model_ms"),
+        c.float_(load.head_ms, "load.head_ms"),
     ]
 
 
 def _load_in(c: _Check, raw: object) -> LoadReport:
-    f = c.seq(raw, "load", 4)
+    f = c.seq(raw, "load", 6)
     return LoadReport(
         version=c.int_(f[0], "load.version"),
         queue_depth=c.int_(f[1], "load.queue_depth"),
         tail_ms=c.float_(f[2], "load.tail_ms"),
         service_rate=c.float_(f[3], "load.service_rate"),
+        model_ms=c.float_(f[4], "load.model_ms"),
+        head_ms=c.float_(f[5], "load.head_ms"),
     )
 
 
@@ -365,6 +377,66 @@ def _in_infer_request(c: _Check, f: list[Any], t: list[FloatArray], enc: list[st
         split=c.str_(f[2], "split"),
         activation=t[0],
         encoding=enc[0],
+    )
+
+
+INPUT_FORMATS: Final = ("jpeg", "raw")
+
+
+def _shape(c: _Check, raw: object) -> tuple[int, ...]:
+    dims = c.seq(raw, "shape")
+    if not 1 <= len(dims) <= c.limits.max_ndim:
+        raise c.fail(f"shape must have 1..{c.limits.max_ndim} dimensions, got {len(dims)}")
+    return tuple(c.int_(d, "dimension", 1, c.limits.max_dim) for d in dims)
+
+
+def _out_infer_input(c: _Check, m: InferInput) -> tuple[list[Any], _Tensors]:
+    fmt = c.str_(m.format, "format")
+    if fmt not in INPUT_FORMATS:
+        raise c.fail(f"format must be one of {INPUT_FORMATS}, got {fmt!r}")
+    shape = _shape(c, m.shape)
+    tensors: _Tensors = []
+    if fmt == "raw":
+        if not isinstance(m.tensor, np.ndarray) or tuple(m.tensor.shape) != (1, *shape):
+            raise c.fail(f"a raw input must be a numpy array shaped (1, *{shape})")
+        if m.data:
+            raise c.fail("a raw input carries no JPEG bytes")
+        tensors.append((m.tensor, get_encoding(m.encoding)))
+    elif m.tensor is not None:
+        raise c.fail("a JPEG input carries no tensor")
+    meta = [
+        c.int_(m.request_id, "request_id"),
+        c.str_(m.fingerprint, "fingerprint"),
+        c.str_(m.preprocess, "preprocess"),
+        fmt,
+        list(shape),
+        c.bytes_(m.data, "data", long=True),
+    ]
+    return meta, tensors
+
+
+def _in_infer_input(c: _Check, f: list[Any], t: list[FloatArray], enc: list[str]) -> InferInput:
+    fmt = c.str_(f[3], "format")
+    if fmt not in INPUT_FORMATS:
+        raise c.fail(f"format must be one of {INPUT_FORMATS}, got {fmt!r}")
+    shape = _shape(c, f[4])
+    data = c.bytes_(f[5], "data", long=True)
+    if fmt == "raw":
+        if len(t) != 1 or data:
+            raise c.fail("a raw input carries one tensor and no JPEG bytes")
+        if tuple(t[0].shape) != (1, *shape):
+            raise c.fail(f"raw input {t[0].shape}, expected (1, *{shape})")
+    elif t:
+        raise c.fail("a JPEG input carries no tensor")
+    return InferInput(
+        request_id=c.int_(f[0], "request_id"),
+        fingerprint=c.str_(f[1], "fingerprint"),
+        preprocess=c.str_(f[2], "preprocess"),
+        format=fmt,
+        shape=shape,
+        data=data,
+        tensor=t[0] if t else None,
+        encoding=enc[0] if enc else "dense-f32",
     )
 
 
@@ -569,6 +641,7 @@ _OUT: Final[dict[type[Any], Callable[[_Check, Any], tuple[list[Any], _Tensors]]]
     CacheEntries: _out_cache_entries,
     CacheLookup: _out_cache_lookup,
     CacheLookupResult: _out_lookup_result,
+    InferInput: _out_infer_input,
 }
 _IN: Final[dict[int, tuple[int, int | None, _Decoder]]] = {
     1: (6, 0, _in_hello),
@@ -585,6 +658,7 @@ _IN: Final[dict[int, tuple[int, int | None, _Decoder]]] = {
     12: (1, None, _in_cache_entries),
     13: (2, 1, _in_cache_lookup),
     14: (5, 0, _in_lookup_result),
+    15: (6, None, _in_infer_input),
 }
 
 # ----------------------------------------------------------------------------------------------------
@@ -642,7 +716,7 @@ def _unpack_metadata(meta: Buffer, limits: Limits) -> list[Any]:
             use_list=True,
             strict_map_key=True,
             max_str_len=limits.max_string_bytes,
-            max_bin_len=limits.max_bytes_len,
+            max_bin_len=max(limits.max_bytes_len, limits.max_input_bytes),
             max_array_len=limits.max_items,
             max_map_len=limits.max_items,
             max_ext_len=0,
@@ -658,7 +732,8 @@ def _unpack_metadata(meta: Buffer, limits: Limits) -> list[Any]:
 
 
 _HAS_REQUEST_ID: Final = frozenset(
-    MESSAGE_TYPES[t] for t in (InferRequest, InferResponse, ErrorMessage, CacheLookup, CacheLookupResult)
+    MESSAGE_TYPES[t]
+    for t in (InferRequest, InferResponse, ErrorMessage, CacheLookup, CacheLookupResult, InferInput)
 )
 _CLASS_OF: Final[dict[int, type[Any]]] = {code: cls for cls, code in MESSAGE_TYPES.items()}
 
@@ -697,6 +772,11 @@ class Frame:
     @property
     def decoded_bytes(self) -> int:
         return sum(t.decoded_bytes for t in self.tensors)
+
+    @property
+    def fields(self) -> tuple[Any, ...]:
+        """The metadata fields as msgpack gave them (types not yet checked: admission must not trust them)."""
+        return tuple(self._fields)
 
     def decode(self) -> Message:
         """Inflate the tensors and build the message; only CodecError subclasses escape."""

@@ -37,6 +37,7 @@ from ccied_p2p.codec.messages import (
     ErrorMessage,
     Gossip,
     Hello,
+    InferInput,
     InferRequest,
     InferResponse,
     Leave,
@@ -58,6 +59,7 @@ from ccied_p2p.errors import (
     RemoteError,
 )
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind, Membership, MembershipConfig
+from ccied_p2p.inputs import InputSpec, decode_jpeg, encode_jpeg
 from ccied_p2p.logs import RateLimitedLog, bind_node
 from ccied_p2p.presets import reducer_for
 from ccied_p2p.runtime.guard import (
@@ -87,6 +89,17 @@ from ccied_p2p.scheduler import (
     choose,
 )
 from ccied_p2p.split import SplitModel
+from ccied_p2p.strategy import (
+    LinkFit,
+    Live,
+    LivePeer,
+    Option,
+    Situation,
+    Strategy,
+    StrategyPolicy,
+    live_situation,
+)
+from ccied_p2p.strategy import choose as choose_strategy
 
 __all__ = ["InferenceResult", "Node", "NodeConfig", "NodeObserver", "NodeStats"]
 
@@ -147,6 +160,16 @@ class NodeConfig:
     # The CPU quota this node's process runs under, as a fraction of one core (None: unlimited). Reported in
     # /status; applied by whoever starts the process (``serve --cpu-quota``, LocalCluster), see runtime.quota.
     cpu_quota: float | None = None
+    # Frames (infer_frame): how a uint8 frame becomes the model's input (None: the example input's shape,
+    # pixels / 255); how offload sends it ("jpeg", "raw" or "auto": JPEG from 64x64 pixels up) and at what
+    # quality; frames_stay: raw frames never leave this device (offload is never chosen).
+    input_spec: InputSpec | None = None
+    offload_format: str = "auto"
+    jpeg_quality: int = 90
+    frames_stay: bool = False
+    accept_inputs: bool = True  # run whole inputs peers offload here
+    profile_runs: int = 3  # forwards measured at start, seeding this device's costs
+    explore_every: int = 10  # look the cache up at least every N frames, so its hit rate stays measured
 
     def validate(self) -> None:
         if not self.secret and not self.insecure:
@@ -177,6 +200,12 @@ class NodeConfig:
             raise ConfigError(f"local_tail_ms must be a finite number >= 0, got {self.local_tail_ms}")
         if self.cpu_quota is not None and not (self.cpu_quota > 0 and math.isfinite(self.cpu_quota)):
             raise ConfigError(f"cpu_quota must be a fraction of one core > 0, got {self.cpu_quota}")
+        if self.offload_format not in ("auto", "jpeg", "raw"):
+            raise ConfigError(f"offload_format must be auto, jpeg or raw, got {self.offload_format!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.profile_runs < 0 or self.explore_every < 0:
+            raise ConfigError("profile_runs and explore_every must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -191,6 +220,8 @@ class InferenceResult:
     bytes_raw: int = 0  # the fp32 activation this request would have sent uncompressed
     distance: float = math.nan
     attempts: int = 1
+    strategy: str = ""  # which way answered: "cache" | "local" | "split" | "offload"
+    chosen: str = ""  # the option the per-request policy ranked first (infer_frame), e.g. "offload -> b"
 
     @property
     def latency(self) -> float:
@@ -296,13 +327,32 @@ class Node:
         self.counters = NodeStats()
         self.links: dict[bytes, Link] = {}
         self._budgets: dict[Link, PeerBudget] = {}
+        self.input_spec = config.input_spec or InputSpec.for_shape(split.example_input.shape)
+        if self.input_spec.shape != tuple(split.example_input.shape[1:]):
+            raise ConfigError(
+                f"input_spec {self.input_spec.shape} does not match the model's input "
+                f"{tuple(split.example_input.shape[1:])}"
+            )
         self._policy = AdmissionPolicy(
             activation_shape=tuple(split.activation_shape),
             max_rows=config.max_batch,
             max_feature=max(1, math.prod(split.activation_shape)),
             queue_rows=config.peer_queue_rows,
             queue_bytes=config.peer_queue_bytes,
+            input_shape=self.input_spec.shape if config.accept_inputs and config.serve else None,
+            max_input_bytes=min(self.input_spec.max_jpeg_bytes(), config.limits.max_input_bytes),
         )
+        # Measurements the per-request choice reads (seconds, bytes): this device's head and per-row tail,
+        # what a split and an offload put on the wire, JPEG encoding, the cache's recent hit rate, each link.
+        self._head_cost = Ewma(alpha=0.2)
+        self._tail_row = Ewma(alpha=0.2)
+        self._act_bytes = Ewma(alpha=0.2)
+        self._input_bytes = Ewma(alpha=0.2)
+        self._encode_cost = Ewma(alpha=0.2)
+        self._lookup_cost = Ewma(alpha=0.2)
+        self._lookups: deque[bool] = deque(maxlen=32)  # the last lookups: hit or not
+        self._links_fit: dict[bytes, LinkFit] = {}
+        self._since_lookup = 0
         self._refusal_window = -math.inf
         self._refusals_logged = 0
         self._refusals_quiet = 0
@@ -377,6 +427,7 @@ class Node:
         self.cache.node_id = self.node_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ccied-{cfg.name}")
         await self._run_compute(torch.set_num_threads, 1)
+        await self._run_compute(self._profile_sync, cfg.profile_runs)
 
         budget = descriptor_budget()
         max_connections = min(cfg.max_connections, budget) if budget is not None else cfg.max_connections
@@ -578,7 +629,33 @@ class Node:
     def _head_sync(self, x: torch.Tensor) -> tuple[np.ndarray[Any, Any], float]:
         start = time.perf_counter()
         act = self.split.head(x)
-        return act.numpy(), time.perf_counter() - start
+        head_s = time.perf_counter() - start
+        if len(x) == 1:
+            self._head_cost.update(head_s)
+        return act.numpy(), head_s
+
+    def _profile_sync(self, runs: int) -> None:
+        """A few forwards of the example input: this device's head and tail costs before any request, and
+        the wire size of its activation and of its input."""
+        act = self.split.head(self.split.example_input).numpy()
+        for _ in range(runs):
+            act, _ = self._head_sync(self.split.example_input)
+            _, _, tail_s = self._tail_sync(act)
+            self._tail_row.update(tail_s)
+        fp = self.split.fingerprint
+        self._act_bytes.update(
+            len(encode_message(InferRequest(0, fp, self.split.split_at, act, self.config.encoding))) + 16
+        )
+        spec = self.input_spec
+        # A q90 JPEG of a camera frame: 6-16 KB at 224x224x3; a raw input: its float32 bytes.
+        guess = spec.pixels // 10 if self._offload_format() == "jpeg" else spec.pixels * 4
+        self._input_bytes.update(guess + 160)
+
+    def _offload_format(self) -> str:
+        fmt = self.config.offload_format
+        if fmt == "auto":
+            return "jpeg" if self.input_spec.size[0] * self.input_spec.size[1] >= 64 * 64 else "raw"
+        return fmt
 
     async def _local_tail_run(
         self, act: np.ndarray[Any, Any], owner: object = None
@@ -627,6 +704,7 @@ class Node:
                     else:
                         labels, confs, tail_s = await self._run_compute(self._tail_sync, acts)
                     self._tail_compute.update(tail_s)
+                    self._tail_row.update(tail_s / len(acts))
                 except Exception as exc:
                     for j in batch:
                         if not j.future.done():
@@ -702,7 +780,14 @@ class Node:
             if isinstance(found, Hit) and not found.audit:
                 timings["total"] = time.perf_counter() - t0
                 return InferenceResult(
-                    found.label, found.confidence, "cache", timings, 0, raw_bytes, found.distance
+                    found.label,
+                    found.confidence,
+                    "cache",
+                    timings,
+                    0,
+                    raw_bytes,
+                    found.distance,
+                    strategy="cache",
                 )
         else:
             found = None
@@ -762,7 +847,9 @@ class Node:
                 timings["tail"] = tail_s
                 timings["queue"] = queue_s
                 timings["total"] = time.perf_counter() - t0
-                return InferenceResult(labels[0], confs[0], "local", timings, 0, raw_bytes, attempts=attempts)
+                return InferenceResult(
+                    labels[0], confs[0], "local", timings, 0, raw_bytes, attempts=attempts, strategy="local"
+                )
             link = self.links.get(target.node_id)
             tried.add(target.node_id)
             if link is None:
@@ -796,7 +883,291 @@ class Node:
                 sent,
                 raw_bytes,
                 attempts=attempts,
+                strategy="split",
             )
+
+    # ------------------------------------------------------------------ frames: the per-request choice
+
+    def situation(self) -> Situation:
+        """What :func:`ccied_p2p.strategy.choose` sees now: this device's measured costs, each compatible
+        peer's gossiped costs and load, each link's fitted bandwidth and round trip, the cache's hit rate
+        (assembled by the pure :func:`ccied_p2p.strategy.live_situation`)."""
+        now = self._now()
+        peers: list[LivePeer] = []
+        if self.config.offload:
+            for node_id, link in self.links.items():
+                member = self.membership.get(node_id)
+                if (
+                    member is None
+                    or link.closed.is_set()
+                    or member.fingerprint != self.split.fingerprint
+                    or member.state is not MemberState.ALIVE
+                ):
+                    continue
+                est = self._estimators.setdefault(node_id, LinkEstimator())
+                fit = self._links_fit.setdefault(node_id, LinkFit())
+                load = member.load
+                peers.append(
+                    LivePeer(
+                        member.name,
+                        fit.bandwidth,
+                        fit.rtt_s,
+                        model_ms=load.model_ms if load is not None else 0.0,
+                        head_ms=load.head_ms if load is not None else 0.0,
+                        queue_depth=load.queue_depth if load is not None else 0,
+                        service_rate=load.service_rate if load is not None else 0.0,
+                        inflight=link.in_flight,
+                        penalty_s=self.config.request_timeout if est.backoff_until > now else 0.0,
+                        node_id=node_id,
+                    )
+                )
+        return live_situation(
+            Live(
+                self.split.split_at,
+                self._head_cost.get(0.0),
+                self._tail_row.get(0.0),
+                peers,
+                input_bytes=round(self._input_bytes.get(0.0)),
+                activation_bytes=round(self._act_bytes.get(0.0)),
+                lookups=tuple(self._lookups),
+                # A cache calibrated to answer nothing (threshold < 0) is no option.
+                cache=self.config.cache and self.cache.threshold >= 0,
+                lookup_s=self._lookup_cost.get(0.0003),
+                queue_s=self._local_queue * self._tail_row.get(0.0),
+                encode_s=self._encode_cost.get(0.0) if self._offload_format() == "jpeg" else 0.0,
+                slowdown=1.0 / (self.config.cpu_quota or 1.0),
+            )
+        )
+
+    def recent_hit_rate(self) -> float:
+        """Hits over the last 32 lookups, with one hit and one miss assumed before them (Laplace): an
+        unmeasured or unlucky cache keeps a chance to be tried."""
+        return (sum(self._lookups) + 1) / (len(self._lookups) + 2)
+
+    def reset_cache(self) -> None:
+        """Empty this node's cache and forget its measured hit rate (a fresh start, e.g. between runs)."""
+        self.cache.clear()
+        self._lookups.clear()
+        self._since_lookup = 0
+
+    def options(self) -> list[Option]:
+        """Every way to answer the next frame, best first (the first is what :meth:`infer_frame` tries)."""
+        return choose_strategy(self.situation(), StrategyPolicy(frames_stay=self.config.frames_stay))
+
+    async def infer_frame(self, frame: Any, *, only: Strategy | None = None) -> InferenceResult:
+        """Infer one camera frame (uint8 (H, W, 3) or (H, W), any size) the fastest measured way.
+
+        The options of :meth:`options` run in order as the failover; this device's own forward is always
+        among them, so only a local failure fails the request. ``only``: try just that strategy first
+        (a fixed strategy, for comparisons), then fall back to local.
+        """
+        try:
+            with bind_node(self.config.name):
+                result = await self._frame_steps(frame, only)
+        except Exception as exc:
+            self.counters.failed += 1
+            self._notify("on_failure", exc)
+            raise
+        self.counters.record(result)
+        self._notify("on_result", result)
+        return result
+
+    async def _frame_steps(self, frame: Any, only: Strategy | None) -> InferenceResult:
+        t0 = time.perf_counter()
+        spec = self.input_spec
+        pixels = spec.prepare(frame)
+        options = self.options()
+        chosen = options[0].label
+        # A fixed strategy other than the cache leaves the cache alone (no lookup, no insert).
+        use_cache = self.config.cache and only in (None, Strategy.CACHE)
+        if only is not None:
+            picked = [o for o in options if o.strategy is only]
+            options = picked + [o for o in options if o.strategy is Strategy.LOCAL]
+        elif (
+            use_cache
+            and self.config.explore_every
+            and options[0].strategy is not Strategy.CACHE
+            and self._since_lookup >= self.config.explore_every
+        ):
+            # Measure the hit rate again, once in a while, if a hit would beat the best option at all.
+            cached = [o for o in options if o.strategy is Strategy.CACHE]
+            if cached and cached[0].device_s < options[0].seconds:
+                options = cached[:1] + options
+        self._since_lookup += 1
+        timings: dict[str, float] = {}
+        fp = self.split.fingerprint
+        act: np.ndarray[Any, Any] | None = None
+        attempts = 0
+        jpeg: InferInput | None = None
+        for option in options:
+            attempts += 1
+            done: InferenceResult | None = None
+            try:
+                if option.strategy is Strategy.OFFLOAD:
+                    if jpeg is None:
+                        jpeg = await self._input_message(pixels, timings)
+                    done = await self._remote(option, jpeg, timings, t0)
+                else:
+                    if act is None:
+                        x = torch.from_numpy(spec.to_tensor(pixels))
+                        act, timings["head"] = await self._run_compute(self._head_sync, x)
+                    found = None
+                    if option.strategy is Strategy.CACHE:
+                        found = self._frame_lookup(act, timings)
+                        if isinstance(found, Hit) and not found.audit:
+                            timings["total"] = time.perf_counter() - t0
+                            return InferenceResult(
+                                found.label,
+                                found.confidence,
+                                "cache",
+                                timings,
+                                0,
+                                act.size * 4,
+                                found.distance,
+                                attempts,
+                                "cache",
+                                chosen,
+                            )
+                    if option.peer is None:
+                        labels, confs, tail_s, queue_s = await self._local_tail_run(act)
+                        timings.update(tail=tail_s, queue=queue_s, total=time.perf_counter() - t0)
+                        done = InferenceResult(
+                            labels[0], confs[0], "local", timings, 0, act.size * 4, strategy="local"
+                        )
+                    else:
+                        msg = InferRequest(0, fp, self.split.split_at, act, self.config.encoding)
+                        done = await self._remote(option, msg, timings, t0)
+                    if use_cache and done is not None:
+                        with contextlib.suppress(CCIEDError):
+                            if isinstance(found, Hit):
+                                self.cache.verify(act, found, done.label, done.confidence, fp, self._now())
+                            else:
+                                self.cache.insert(act, done.label, done.confidence, fp, self._now())
+            except (RemoteError, ConnectionError) as exc:
+                self.counters.retries += 1
+                log.info("[%s] %s failed (%s); trying the next", self.config.name, option.label, exc)
+                continue
+            if done is not None:
+                return dataclasses.replace(done, attempts=attempts, chosen=chosen)
+        raise RemoteError("every way to answer failed")  # unreachable: local is always an option
+
+    def _frame_lookup(self, act: np.ndarray[Any, Any], timings: dict[str, float]) -> Any:
+        self._since_lookup = 0
+        start = time.perf_counter()
+        try:
+            found = self.cache.lookup(act, self.split.fingerprint, self._now())
+        except CCIEDError as exc:
+            log.warning("[%s] cache lookup failed: %s", self.config.name, exc)
+            return None
+        timings["lookup"] = time.perf_counter() - start
+        self._lookup_cost.update(timings["lookup"])
+        self._lookups.append(isinstance(found, Hit) and not found.audit)
+        return found
+
+    async def _input_message(self, pixels: np.ndarray[Any, Any], timings: dict[str, float]) -> InferInput:
+        spec, fp = self.input_spec, self.split.fingerprint
+        if self._offload_format() == "raw":
+            return InferInput(0, fp, spec.key, "raw", spec.shape, tensor=spec.to_tensor(pixels))
+        start = time.perf_counter()
+        data = await self._run_compute(encode_jpeg, pixels, self.config.jpeg_quality)
+        timings["jpeg"] = time.perf_counter() - start
+        self._encode_cost.update(timings["jpeg"])
+        return InferInput(0, fp, spec.key, "jpeg", spec.shape, data)
+
+    async def _remote(
+        self, option: Option, msg: InferRequest | InferInput, timings: dict[str, float], t0: float
+    ) -> InferenceResult | None:
+        """Send a split or an offload to the option's peer; None if there is no link to it any more."""
+        link = self.links.get(option.node_id)
+        if link is None or link.closed.is_set():
+            return None
+        est = self._estimators.setdefault(option.node_id, LinkEstimator())
+        fit = self._links_fit.setdefault(option.node_id, LinkFit())
+        start = time.perf_counter()
+        try:
+            resp, sent, encode_s = await link.request(msg, self.config.request_timeout)
+        except (RemoteError, ConnectionError):
+            est.failure(self._now())
+            raise
+        rtt = time.perf_counter() - start
+        server = sum(resp.timings.get(k, 0.0) for k in ("decode", "head", "tail", "queue", "jpeg"))
+        transfer = max(rtt - encode_s - server, 1e-6)
+        fit.observe(sent, transfer)
+        est.success(transfer, sent, transfer)
+        offload = isinstance(msg, InferInput)
+        (self._input_bytes if offload else self._act_bytes).update(sent)
+        if not resp.labels:
+            return None
+        timings.update(
+            encode=encode_s, remote=server, transfer=transfer, rtt=rtt, total=time.perf_counter() - t0
+        )
+        raw = 0 if offload or not isinstance(msg, InferRequest) else msg.activation.size * 4
+        return InferenceResult(
+            resp.labels[0],
+            resp.confidences[0],
+            f"peer:{link.peer.name}",
+            timings,
+            sent,
+            raw,
+            strategy="offload" if offload else "split",
+        )
+
+    def _input_tensor(self, msg: InferInput) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        if msg.format == "jpeg":
+            x = self.input_spec.to_tensor(decode_jpeg(msg.data, self.input_spec))
+        else:
+            assert msg.tensor is not None
+            x = msg.tensor
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), time.perf_counter() - start
+
+    async def _serve_input(self, link: Link, msg: InferInput, decode_s: float) -> None:
+        """Run the whole model on a peer's input (offload): its head here, its tail through the tail queue."""
+        try:
+            reply: Message
+            spec = self.input_spec
+            if not (self.config.serve and self.config.accept_inputs):
+                reply = ErrorMessage(msg.request_id, "refused", f"{self.config.name} does not run inputs")
+            elif msg.fingerprint != self.split.fingerprint:
+                reply = ErrorMessage(msg.request_id, "fingerprint", "model fingerprint does not match")
+            elif msg.preprocess != spec.key or tuple(msg.shape) != spec.shape:
+                reply = ErrorMessage(
+                    msg.request_id, "input", f"input {msg.shape} as {msg.preprocess!r}, this node: {spec.key}"
+                )
+            else:
+                try:
+                    x, jpeg_s = await self._run_compute(self._input_tensor, msg)
+                except CodecError as exc:
+                    reply = ErrorMessage(msg.request_id, "input", str(exc))
+                else:
+                    act, head_s = await self._run_compute(self._head_sync, x)
+                    labels, confs, tail_s, queue_s = await self._local_tail_run(act, link)
+                    self.counters.served += 1
+                    self._notify("on_served", len(labels), tail_s)
+                    reply = InferResponse(
+                        msg.request_id,
+                        tuple(labels),
+                        tuple(confs),
+                        {
+                            "decode": decode_s,
+                            "jpeg": jpeg_s,
+                            "head": head_s,
+                            "tail": tail_s,
+                            "queue": queue_s,
+                        },
+                    )
+                    if self.config.cache:
+                        with contextlib.suppress(CCIEDError):
+                            self.cache.insert(act, labels[0], confs[0], self.split.fingerprint, self._now())
+            if isinstance(reply, ErrorMessage):
+                self.counters.serve_errors += 1
+                self._refuse(link, reply.code, reply.message)
+            with contextlib.suppress(LinkClosedError):
+                await link.send(reply)
+        finally:
+            budget = self._budgets.get(link)
+            if budget is not None:
+                budget.release(1, self._policy.input_cost(len(msg.data)))
 
     # ------------------------------------------------------------------ serving
 
@@ -876,6 +1247,8 @@ class Node:
     async def _on_message(self, link: Link, msg: Message, decode_s: float = 0.0) -> None:
         if isinstance(msg, InferRequest):
             self._spawn(self._serve(link, msg, decode_s), "serve")
+        elif isinstance(msg, InferInput):
+            self._spawn(self._serve_input(link, msg, decode_s), "serve-input")
         elif isinstance(msg, _MEMBERSHIP_TYPES):
             if not isinstance(msg, Leave):
                 self._note_loads(msg)
@@ -1142,9 +1515,16 @@ class Node:
             now = self._now()
             if now >= next_load:
                 next_load = now + self.config.load_interval
+                head_s = self._head_cost.get(0.0)
                 self.membership.update_load(
                     LoadReport(
-                        0, self._local_queue, self._local_tail.get(0.001) * 1000, self._served_rate.rate(now)
+                        0,
+                        self._local_queue,
+                        self._local_tail.get(0.001) * 1000,
+                        self._served_rate.rate(now),
+                        # -1: serves nobody (serve=False), so askers leave this member out
+                        (head_s + self._tail_row.get(0.0)) * 1000 if self.config.serve else -1.0,
+                        head_s * 1000,
                     )
                 )
                 if self.config.cache:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -28,7 +29,15 @@ from ccied_p2p.codec.auth import (
     open_session,
     verify_proof,
 )
-from ccied_p2p.codec.messages import Auth, ErrorMessage, Hello, InferRequest, InferResponse, Message
+from ccied_p2p.codec.messages import (
+    Auth,
+    ErrorMessage,
+    Hello,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    Message,
+)
 from ccied_p2p.codec.tensor import Limits
 from ccied_p2p.codec.wire import Frame, decode_message, encode_message, peek_message
 from ccied_p2p.errors import (
@@ -47,7 +56,9 @@ log = logging.getLogger(__name__)
 # Links closed for bad frames: logged, but never a line per frame an attacker can make a node read.
 frame_log = RateLimitedLog(log)
 
-PROTOCOL_VERSION = 2  # 2: frames encrypted (ChaCha20-Poly1305), names and fingerprints only sealed
+# 2: frames encrypted (ChaCha20-Poly1305), names and fingerprints only sealed; 3: InferInput (offload), load
+# reports carry the model's and its head's measured cost
+PROTOCOL_VERSION = 3
 WS_PATH = "/ccied"
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -207,8 +218,11 @@ class Link:
         self.stats.bytes_sent += len(frame)
         return len(frame)
 
-    async def request(self, msg: InferRequest, timeout: float) -> tuple[InferResponse, int, float]:
-        """Send an inference request and await its answer; returns (answer, bytes sent, encode seconds).
+    async def request(
+        self, msg: InferRequest | InferInput, timeout: float
+    ) -> tuple[InferResponse, int, float]:
+        """Send a tail request or a whole input and await its answer; returns (answer, bytes sent, encode
+        seconds). The request id is this link's.
 
         At most ``max_in_flight`` requests wait on one link; more wait for a slot (backpressure).
         """
@@ -218,11 +232,7 @@ class Link:
             self._pending[request_id] = fut
             try:
                 start = time.perf_counter()
-                frame = self._seal(
-                    encode_message(
-                        InferRequest(request_id, msg.fingerprint, msg.split, msg.activation, msg.encoding)
-                    )
-                )
+                frame = self._seal(encode_message(dataclasses.replace(msg, request_id=request_id)))
                 encode_s = time.perf_counter() - start
                 sent = await self._send_frame(frame)
                 async with asyncio.timeout(timeout):
