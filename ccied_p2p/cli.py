@@ -14,7 +14,7 @@ from typing import Any
 
 from ccied_p2p.errors import CCIEDError
 
-__all__ = ["BENCHES", "build_parser", "main"]
+__all__ = ["BENCHES", "build_parser", "main", "serve_argv"]
 
 BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e", "quota")
 log = logging.getLogger("ccied_p2p.cli")
@@ -405,6 +405,40 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
         module.add_arguments(bp)
         bp.set_defaults(func=_cmd_bench)
     return parser
+
+
+def serve_argv(
+    *,
+    model: str,
+    data: str,
+    amount: float,
+    name: str,
+    host: str,
+    port: int,
+    seeds: Sequence[str] = (),
+    advertise_host: str | None = None,
+    quick_membership: bool = False,
+    cpu_quota: float | None = None,
+    extra: Sequence[str] = (),
+    log_level: str = "INFO",
+) -> list[str]:
+    """The arguments of ``ccied-p2p`` that start one ``serve`` node without mDNS: what a launcher passes.
+
+    ``extra`` are more ``serve`` options (e.g. :meth:`~ccied_p2p.presets.CacheSettings.as_args`).
+    """
+    args = [
+        "--log-level", log_level, "serve",
+        "--model", model, "--data", data, "--amount", repr(amount),
+        "--name", name, "--no-mdns", "--host", host, "--port", str(port),
+        "--seeds", ",".join(seeds),
+    ]  # fmt: skip
+    if advertise_host is not None:
+        args += ["--advertise-host", advertise_host]
+    if quick_membership:
+        args += ["--membership", "quick"]
+    if cpu_quota is not None:
+        args += ["--cpu-quota", repr(cpu_quota)]
+    return [*args, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

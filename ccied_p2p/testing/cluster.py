@@ -22,7 +22,6 @@ and :meth:`LocalCluster.wait_converged` compare what every node believes with wh
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -36,7 +35,6 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -161,36 +159,8 @@ class _Watcher:
 
 
 async def abort_node(node: Node) -> None:
-    """Stop ``node`` as a crash would: no Leave; peers see its connections drop; every task ends.
-
-    Uses ``Node.abort()`` when the runtime has one; otherwise shuts each link's socket (the peer reads
-    EOF, as after SIGKILL), silences the goodbye and lets :meth:`Node.close` release the rest.
-    """
-    abort = getattr(node, "abort", None)
-    if callable(abort):
-        await abort()
-        return
-    for link in list(node.links.values()):
-        sock = link.ws.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-    if hasattr(node, "membership"):
-        setattr(node.membership, "leave", lambda now: [])  # noqa: B010  (a crash says no goodbye)
-    await node.close()
-
-
-@cache
-def _serve_flags() -> frozenset[str]:
-    """The options ``ccied-p2p serve`` accepts in this checkout (the harness uses optional ones if present)."""
-    from ccied_p2p.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            serve = action.choices["serve"]
-            return frozenset(opt for a in serve._actions for opt in a.option_strings)
-    return frozenset()
+    """Stop ``node`` as a crash would (:meth:`Node.abort`): no Leave; peers see its connections drop."""
+    await node.abort()
 
 
 def _free_port(host: str) -> int:
@@ -300,7 +270,6 @@ class LocalCluster:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._started = False
         self._closed = False
-        self._check_subprocess_support()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,8 +319,10 @@ class LocalCluster:
             self.heal()
         for h in self.nodes:
             if h.node is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await h.node.close()
+                except Exception:  # one node failing to close must not leave the others running
+                    log.warning("closing %s failed", h.name, exc_info=True)
                 h.node = None
         await asyncio.gather(*(self._stop_process(h) for h in self.nodes if h.process is not None))
         for h in self.nodes:
@@ -588,20 +559,6 @@ class LocalCluster:
     def _seeds(self, h: NodeHandle) -> tuple[str, ...]:
         return tuple(o.address for o in self.nodes if o is not h)
 
-    def _check_subprocess_support(self) -> None:
-        if not any(h.mode == "subprocess" for h in self.nodes):
-            return
-        flags = _serve_flags()
-        if self.network is not None and "--advertise-host" not in flags:
-            raise ConfigError(
-                "subprocess nodes behind emulated links need `ccied-p2p serve --advertise-host`; "
-                "use mode='inprocess' for those nodes"
-            )
-        if self.membership != MembershipConfig() and "--membership" not in flags:
-            raise ConfigError(
-                "subprocess nodes use the default membership timings (`ccied-p2p serve` has no --membership)"
-            )
-
     async def _start_node(self, h: NodeHandle) -> None:
         h.generation += 1
         if h.mode == "inprocess":
@@ -633,21 +590,21 @@ class LocalCluster:
         h.node_id = node.node_id.hex()
 
     def _serve_args(self, h: NodeHandle) -> list[str]:
-        args = [
-            "--log-level", "INFO", "serve",
-            "--model", self.model, "--data", self.data_name, "--amount", repr(self.amount),
-            "--name", h.name, "--no-mdns", "--host", h.host, "--port", str(h.port),
-            "--seeds", ",".join(self._seeds(h)),
-        ]  # fmt: skip
-        if h.relay_host is not None:
-            args += ["--advertise-host", h.relay_host]
-        if self.membership != MembershipConfig():
-            args += ["--membership", "quick"]
-        if self.cache_settings is not None:
-            args += self.cache_settings.as_args()
-        if h.cpu_quota is not None:
-            args += ["--cpu-quota", repr(h.cpu_quota)]  # reported in /status; the group is ours
-        return args
+        from ccied_p2p.cli import serve_argv
+
+        return serve_argv(
+            model=self.model,
+            data=self.data_name,
+            amount=self.amount,
+            name=h.name,
+            host=h.host,
+            port=h.port,
+            seeds=self._seeds(h),
+            advertise_host=h.relay_host,
+            quick_membership=self.membership != MembershipConfig(),
+            cpu_quota=h.cpu_quota,  # reported in /status; the group is ours
+            extra=self.cache_settings.as_args() if self.cache_settings is not None else (),
+        )
 
     async def _start_subprocess(self, h: NodeHandle) -> None:
         assert self._tmp is not None
