@@ -80,14 +80,19 @@ __all__ = [
     "VectorIndex",
     "as_lookup_result",
     "auto_crossover",
+    "clopper_pearson_upper",
     "entry_size",
     "make_index",
     "make_policy",
     "make_reducer",
+    "serve_stream",
 ]
 
 FloatArray = npt.NDArray[np.float32]
 KeyArray = npt.NDArray[np.int64]
+IntMatrix = npt.NDArray[np.int64]
+StreamsArg = npt.NDArray[np.floating[Any]] | Sequence[npt.NDArray[np.floating[Any]]]
+LabelsArg = npt.NDArray[np.integer[Any]] | Sequence[npt.NDArray[np.integer[Any]]]
 
 FORMAT_VERSION = 1
 """Version of the :meth:`SemanticCache.save` file format."""
@@ -869,12 +874,17 @@ class MergeResult:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """The setting :meth:`SemanticCache.calibrate` chose and what it measured on the calibration stream.
+    """The setting :meth:`SemanticCache.calibrate` chose and what it measured.
 
     ``false_hit_rate`` is false hits / hits (a false hit answers a label the uncached model would not
-    have); ``false_hit_bound`` is its one-sided Wilson upper bound at ``confidence`` (the point estimate
-    when ``confidence`` is 0), the figure held to the budget. ``threshold < 0`` means no setting met the
-    budget and the cache never answers.
+    have); ``false_hit_bound`` is its one-sided Clopper-Pearson upper bound at ``confidence`` (the point
+    estimate when ``confidence`` is 0), the figure held to the budget; with ``per_stream`` the largest of
+    the bounds of each stream (or group of streams) in ``stream_bounds``. With ``held_out`` these figures
+    come from the held-out streams, which chose nothing: they describe images the selection never saw,
+    and the bound is at the Bonferroni level of the held-out test; the ``in_sample_*`` figures are those
+    of the selection streams; ``tested`` settings were tested on the held-out streams
+    and ``certified`` passed. ``threshold < 0`` means no setting met the budget and the cache never
+    answers.
     """
 
     threshold: float
@@ -891,6 +901,14 @@ class Calibration:
     confidence: float
     candidates: int
     audits: int = 0
+    held_out: bool = False
+    per_stream: bool = False
+    stream_bounds: tuple[float, ...] = ()
+    in_sample_requests: int = 0
+    in_sample_hits: int = 0
+    in_sample_false_hits: int = 0
+    certified: int = 0
+    tested: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- entries
@@ -972,19 +990,52 @@ def _entry_hash(origin: bytes, version: int) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
-def _wilson_upper(bad: int, n: int, confidence: float) -> float:
-    """One-sided upper Wilson bound of ``bad / n`` (the point estimate if ``confidence`` is 0)."""
-    if n == 0:
-        return 0.0
-    p = bad / n
-    if confidence <= 0:
-        return p
-    from statistics import NormalDist
+def _binomial_cdf(x: int, n: int, p: float) -> float:
+    """P(X <= x) for X ~ Binomial(n, p), summed in log space."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if x >= n else 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+        for i in range(x + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
-    z = NormalDist().inv_cdf(confidence)
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+def _clopper_pearson_bisect(bad: int, n: int, confidence: float) -> float:
+    """The Clopper-Pearson upper bound by bisection on the binomial CDF (when scipy is absent)."""
+    lo, hi = bad / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _binomial_cdf(bad, n, mid) > 1.0 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def clopper_pearson_upper(bad: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) upper bound of a binomial rate ``bad / n``.
+
+    The true rate is below it with probability at least ``confidence`` whatever the rate (Clopper and
+    Pearson, Biometrika 1934): the largest ``p`` with ``P(X <= bad | n, p) >= 1 - confidence``, the
+    ``confidence`` quantile of Beta(bad + 1, n - bad). No observations bound nothing (1.0);
+    ``confidence <= 0`` gives the point estimate.
+    """
+    if n <= 0:
+        return 1.0
+    if confidence <= 0:
+        return bad / n
+    if bad >= n:
+        return 1.0
+    try:
+        from scipy.stats import beta
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return _clopper_pearson_bisect(bad, n, confidence)
+    return float(beta.ppf(confidence, bad + 1, n - bad))
 
 
 # ------------------------------------------------------------------------------------ calibration replay
@@ -1586,42 +1637,12 @@ class SemanticCache:
 
     # --------------------------------------------------------------------------------- calibration
 
-    def calibrate(
+    def _calibration_streams(
         self,
-        features: npt.NDArray[np.floating[Any]] | Sequence[npt.NDArray[np.floating[Any]]],
-        reference_labels: npt.NDArray[np.integer[Any]] | Sequence[npt.NDArray[np.integer[Any]]],
-        max_false_hit_rate: float = 0.01,
-        *,
-        confidences: npt.NDArray[np.floating[Any]] | Sequence[npt.NDArray[np.floating[Any]]] | None = None,
-        thresholds: Sequence[float] | None = None,
-        kv: Sequence[tuple[int, int]] = ((1, 1), (3, 1), (3, 2), (5, 2), (5, 3)),
-        min_confidences: Sequence[float] | None = None,
-        confidence: float = 0.95,
-        apply: bool = True,
-        depth: int = 256,
-    ) -> Calibration:
-        """Choose ``threshold``, ``k``, ``votes`` (and ``min_confidence``) for the most hits within budget.
-
-        ``features`` (or activations, reduced with this cache's reducer) are a calibration stream in
-        arrival order, or a list of independent streams, and ``reference_labels`` what the uncached model
-        predicts for each request (``confidences``, its confidences, enable the ``min_confidence`` insert
-        gate, tried at ``min_confidences``, by default 0 to 0.95). Every candidate setting is scored by
-        replaying each stream exactly as a fresh cache would serve it, audits included: look up; a served
-        hit is false if its label differs from the reference; an audited hit is served by the model and,
-        if the cache was wrong, inserts the reference answer; a miss inserts it (gated). The winner has
-        the most served hits, pooled over the streams, among the settings whose false-hit rate (or its
-        Wilson upper bound at ``confidence``) is at most ``max_false_hit_rate``. Capacity is not
-        simulated (keep each stream below it).
-
-        Holding the 95% upper bound rather than the point estimate to the budget (``confidence=0.95``, the
-        default; 0 uses the point estimate) pays for picking the best of many settings on the same data:
-        measured on Fashion-MNIST cameras, the held-out false-hit rate then stays under the budget.
-        Several streams from different cameras (image pools) make the estimate less hostage to one pool:
-        false hits come mostly from a few popular images the model itself is unsure of.
-        Calibrate on some streams and check on others: the figures returned are in-sample.
-        """
-        if not 0.0 <= max_false_hit_rate <= 1.0:
-            raise ConfigError(f"max_false_hit_rate must be in [0, 1], got {max_false_hit_rate}")
+        features: StreamsArg,
+        reference_labels: LabelsArg,
+        confidences: StreamsArg | None,
+    ) -> list[tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.float64]]]:
         if isinstance(features, np.ndarray):
             feat_list, label_list = [features], [reference_labels]
             conf_list = None if confidences is None else [confidences]
@@ -1630,14 +1651,6 @@ class SemanticCache:
             conf_list = None if confidences is None else list(confidences)
         if len(label_list) != len(feat_list) or (conf_list is not None and len(conf_list) != len(feat_list)):
             raise LocalError("features, reference_labels and confidences must hold the same streams")
-        for k, votes in kv:
-            self._check_vote(k, votes)
-        if min_confidences is not None:
-            gates = list(min_confidences)
-        else:
-            gates = [0.0] if confidences is None else list(_DEFAULT_GATES)
-        if confidences is None and any(g > 0 for g in gates):
-            raise LocalError("min_confidences need confidences")
         streams: list[tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.float64]]] = []
         for i, stream in enumerate(feat_list):
             arr = np.asarray(stream)
@@ -1651,72 +1664,220 @@ class SemanticCache:
             if conf.shape != labs.shape:
                 raise LocalError(f"confidences must have shape {labs.shape}, got {conf.shape}")
             streams.append((feats, labs, conf))
+        return streams
+
+    def _score(
+        self,
+        streams: list[tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.float64]]],
+        known_labels: npt.NDArray[np.int64],
+        grid: npt.NDArray[np.float64],
+        settings: list[tuple[float, int, int]],
+        budget: float,
+        depth: int,
+        groups: list[int] | None,
+    ) -> dict[tuple[float, int, int], tuple[IntMatrix, IntMatrix, IntMatrix, npt.NDArray[np.bool_]]]:
+        """Per setting (gate, k, votes): hits, false hits and audits per stream and threshold, and which
+        thresholds were replayed to the end (the others cannot meet ``budget``)."""
         n = sum(len(labs) for _, labs, _ in streams)
         neighbours = [_prior_neighbours(feats, depth) for feats, _, _ in streams]
+        compact = [np.searchsorted(known_labels, labs).astype(np.int64) for _, labs, _ in streams]
+        out = {}
+        for gate, k, votes in settings:
+            rows: tuple[list[IntMatrix], list[IntMatrix], list[IntMatrix]] = ([], [], [])
+            full = np.ones(len(grid), dtype=bool)
+            for i, ((feats, labs, conf), nb, comp) in enumerate(
+                zip(streams, neighbours, compact, strict=True)
+            ):
+                if groups is None:
+                    elsewhere = n - len(labs)
+                else:
+                    elsewhere = sum(
+                        len(o[1]) for j, o in enumerate(streams) if groups[j] == groups[i] and j != i
+                    )
+                s_hits, s_bad, s_audits, s_full = _replay(
+                    feats, nb, comp, conf >= gate, grid, k, votes, self.audit_from, budget, elsewhere
+                )
+                for acc, value in zip(rows, (s_hits, s_bad, s_audits), strict=True):
+                    acc.append(value)
+                full &= s_full
+            hits, bad, audits = (np.stack(r) for r in rows)
+            out[(gate, k, votes)] = (hits, bad, audits, full)
+        return out
+
+    def calibrate(
+        self,
+        features: StreamsArg,
+        reference_labels: LabelsArg,
+        max_false_hit_rate: float = 0.01,
+        *,
+        confidences: StreamsArg | None = None,
+        thresholds: Sequence[float] | None = None,
+        kv: Sequence[tuple[int, int]] = ((1, 1), (3, 1), (3, 2), (5, 2), (5, 3)),
+        min_confidences: Sequence[float] | None = None,
+        confidence: float = 0.95,
+        apply: bool = True,
+        depth: int = 256,
+        holdout: tuple[StreamsArg, LabelsArg, StreamsArg | None] | None = None,
+        per_stream: bool = False,
+        groups: Sequence[int] | None = None,
+        max_tests: int = 16,
+    ) -> Calibration:
+        """Choose ``threshold``, ``k``, ``votes`` (and ``min_confidence``) for the most hits within budget.
+
+        ``features`` (or activations, reduced with this cache's reducer) are a calibration stream in
+        arrival order, or a list of independent streams, and ``reference_labels`` what the uncached model
+        predicts for each request (``confidences``, its confidences, enable the ``min_confidence`` insert
+        gate, tried at ``min_confidences``, by default 0 to 0.95). Every candidate setting is scored by
+        replaying each stream exactly as a fresh cache would serve it, audits included: look up; a served
+        hit is false if its label differs from the reference; an audited hit is served by the model and,
+        if the cache was wrong, inserts the reference answer; a miss inserts it (gated). A setting meets
+        the budget when the one-sided Clopper-Pearson upper bound at ``confidence`` of its false-hit rate
+        (false hits / hits, pooled over the streams; with ``per_stream``, of every stream on its own) is
+        at most ``max_false_hit_rate``. Capacity is not simulated (keep each stream below it).
+
+        Without ``holdout`` the winner has the most served hits among the settings that meet the budget
+        on the streams it was chosen on: in-sample figures, optimistic for new images. ``holdout``
+        (``(features, reference_labels, confidences)`` of streams drawn from other images than
+        ``features``) makes the guarantee hold on unseen images, by learn-then-test (Angelopoulos et al.,
+        2021) with Bonferroni's correction: of the settings that meet the budget on the selection
+        streams, ``max_tests`` spread from the most hits to the fewest are tested on the held-out
+        streams, each at confidence ``1 - (1 - confidence) / tests``; the winner has the most hits among
+        those that pass. If the held-out hits behave as independent draws from the streams that will be
+        served, every passed setting has a false-hit rate within the budget, all together with
+        probability at least ``confidence``. The reported figures, and the bound at that level, are the
+        held-out ones. (A fixed-sequence test, stopping at the first failure, certified nothing on one
+        Fashion-MNIST halving in five: one lucky setting on the selection streams ends it.)
+
+        ``per_stream`` makes the budget hold for each stream alone rather than pooled: streams without
+        repeats (each image seen once), where false hits are several times as common as on camera
+        streams, then cannot hide behind the cameras' many easy hits. ``groups`` (one number per stream)
+        pools the streams of one group instead (say, all camera streams in one, the stream without
+        repeats in another); the holdout streams are grouped alike, so they must be as many. A group
+        needs at least 299 hits, all correct, for its bound to reach a 1% budget at 95%.
+        """
+        if not 0.0 <= max_false_hit_rate <= 1.0:
+            raise ConfigError(f"max_false_hit_rate must be in [0, 1], got {max_false_hit_rate}")
+        for k, votes in kv:
+            self._check_vote(k, votes)
+        if min_confidences is not None:
+            gates = list(min_confidences)
+        else:
+            gates = [0.0] if confidences is None else list(_DEFAULT_GATES)
+        if confidences is None and any(g > 0 for g in gates):
+            raise LocalError("min_confidences need confidences")
+        streams = self._calibration_streams(features, reference_labels, confidences)
+        held = None
+        if holdout is not None:
+            held = self._calibration_streams(*holdout)
+            if holdout[2] is None and any(g > 0 for g in gates):
+                raise LocalError("min_confidences need confidences for the holdout streams too")
+        n = sum(len(labs) for _, labs, _ in streams)
+        group_of: list[int] | None = None
+        if per_stream:
+            group_of = list(range(len(streams))) if groups is None else [int(g) for g in groups]
+            if len(group_of) != len(streams) or (held is not None and len(held) != len(streams)):
+                raise LocalError("groups, streams and holdout streams must be as many")
+        elif groups is not None:
+            raise LocalError("groups need per_stream=True")
         if thresholds is None:
-            first = np.concatenate([nb[1][:, 0] for nb in neighbours])
+            first = np.concatenate([_prior_neighbours(f, 1)[1][:, 0] for f, _, _ in streams])
             nearest = first[np.isfinite(first)].astype(np.float64)
             qs = np.quantile(nearest, np.linspace(0.01, 0.995, 48)) if len(nearest) else np.zeros(0)
             thresholds = [float(t) for t in qs]
         grid = np.unique(np.maximum(np.asarray(thresholds, dtype=np.float64), 0.0))
-        known_labels = np.unique(np.concatenate([labs for _, labs, _ in streams]))
-        compact = [np.searchsorted(known_labels, labs).astype(np.int64) for _, labs, _ in streams]
-        best: Calibration | None = None
-        candidates = 0
-        for gate in gates:
-            for k, votes in kv:
-                hits = np.zeros(len(grid), dtype=np.int64)
-                bad = np.zeros(len(grid), dtype=np.int64)
-                audits = np.zeros(len(grid), dtype=np.int64)
-                full = np.ones(len(grid), dtype=bool)
-                for (feats, labs, conf), nb, comp in zip(streams, neighbours, compact, strict=True):
-                    s_hits, s_bad, s_audits, s_full = _replay(
-                        feats,
-                        nb,
-                        comp,
-                        conf >= gate,
-                        grid,
-                        k,
-                        votes,
-                        self.audit_from,
-                        max_false_hit_rate,
-                        n - len(labs),
-                    )
-                    hits, bad, audits = hits + s_hits, bad + s_bad, audits + s_audits
-                    full &= s_full
-                candidates += len(grid)
-                rows = zip(
-                    grid[full].tolist(),
-                    hits[full].tolist(),
-                    bad[full].tolist(),
-                    audits[full].tolist(),
-                    strict=True,
+        everything = streams + (held or [])
+        known_labels = np.unique(np.concatenate([labs for _, labs, _ in everything]))
+        settings = [(float(g), k, votes) for g in gates for k, votes in kv]
+        budget = max_false_hit_rate
+        scores = self._score(streams, known_labels, grid, settings, budget, depth, group_of)
+
+        def bounds(
+            hits: IntMatrix, bad: IntMatrix, t: int, confidence: float = confidence
+        ) -> tuple[float, tuple[float, ...]]:
+            member = np.array(group_of if group_of is not None else range(len(hits)))
+            group_ids = sorted(set(member.tolist()))
+            per = tuple(
+                clopper_pearson_upper(
+                    int(bad[member == g, t].sum()), int(hits[member == g, t].sum()), confidence
                 )
-                for t, h, b, a in rows:
-                    bound = _wilson_upper(b, h, confidence)
-                    if bound > max_false_hit_rate or (
-                        best is not None and (h, -b) <= (best.hits, -best.false_hits)
-                    ):
-                        continue
-                    best = Calibration(
-                        threshold=t,
-                        k=k,
-                        votes=votes,
-                        min_confidence=float(gate),
-                        requests=n,
-                        hits=h,
-                        false_hits=b,
-                        hit_rate=h / n,
-                        false_hit_rate=b / h if h else 0.0,
-                        false_hit_bound=bound,
-                        budget=max_false_hit_rate,
-                        confidence=confidence,
-                        candidates=0,
-                        audits=a,
-                    )
-        if best is None or best.hits == 0:
-            best = Calibration(-1.0, 1, 1, 0.0, n, 0, 0, 0.0, 0.0, 0.0, max_false_hit_rate, confidence, 0)
-        best = Calibration(**{**_asdict(best), "candidates": candidates})
+                for g in group_ids
+            )
+            pooled = clopper_pearson_upper(int(bad[:, t].sum()), int(hits[:, t].sum()), confidence)
+            return (max(per) if per_stream else pooled), per
+
+        # Every setting within budget on the selection streams: (bound, -hits, setting, threshold index).
+        passed: list[tuple[float, int, tuple[float, int, int], int]] = []
+        for setting, (hits, bad, _, full) in scores.items():
+            for t in np.flatnonzero(full & (hits.sum(axis=0) > 0)).tolist():
+                bound, _ = bounds(hits, bad, t)
+                if bound <= budget:
+                    passed.append((bound, -int(hits[:, t].sum()), setting, t))
+        candidates = len(settings) * len(grid)
+
+        def result(
+            setting: tuple[float, int, int],
+            t: int,
+            src: tuple[IntMatrix, IntMatrix, IntMatrix],
+            m: int,
+            level: float = confidence,
+        ) -> Calibration:
+            hits, bad, audits = src
+            h, b = int(hits[:, t].sum()), int(bad[:, t].sum())
+            bound, per = bounds(hits, bad, t, level)
+            sel_hits, sel_bad = scores[setting][0], scores[setting][1]
+            return Calibration(
+                threshold=float(grid[t]),
+                k=setting[1],
+                votes=setting[2],
+                min_confidence=setting[0],
+                requests=m,
+                hits=h,
+                false_hits=b,
+                hit_rate=h / m,
+                false_hit_rate=b / h if h else 0.0,
+                false_hit_bound=bound,
+                budget=budget,
+                confidence=confidence,
+                candidates=candidates,
+                audits=int(audits[:, t].sum()),
+                held_out=held is not None,
+                per_stream=per_stream,
+                stream_bounds=per,
+                in_sample_requests=n,
+                in_sample_hits=int(sel_hits[:, t].sum()),
+                in_sample_false_hits=int(sel_bad[:, t].sum()),
+            )
+
+        best: Calibration | None = None
+        if held is None:
+            if passed:
+                _, _, setting, t = min(passed, key=lambda p: (p[1], int(scores[p[2]][1][:, p[3]].sum())))
+                best = result(setting, t, scores[setting][:3], n)
+        elif passed:
+            # Up to max_tests of them, spread from the most hits to the fewest, each tested on the
+            # holdout at the Bonferroni level: all that pass are within budget together.
+            passed.sort(key=lambda p: (p[1], p[0]))
+            step = len(passed) / min(max_tests, len(passed))
+            chosen = [passed[int(i * step)] for i in range(min(max_tests, len(passed)))]
+            level = 1.0 - (1.0 - confidence) / len(chosen) if confidence > 0 else 0.0
+            m = sum(len(labs) for _, labs, _ in held)
+            tested = self._score(
+                held, known_labels, grid, sorted({p[2] for p in chosen}), budget, depth, group_of
+            )
+            certified: list[Calibration] = []
+            for _, _, setting, t in chosen:
+                hits, bad, audits, full = tested[setting]
+                if full[t] and hits[:, t].sum() > 0 and bounds(hits, bad, t, level)[0] <= budget:
+                    certified.append(result(setting, t, (hits, bad, audits), m, level))
+            if certified:
+                best = max(certified, key=lambda c: (c.hits + c.in_sample_hits, -c.false_hits))
+                best = Calibration(**{**_asdict(best), "certified": len(certified), "tested": len(chosen)})
+        if best is None:
+            m = n if held is None else sum(len(labs) for _, labs, _ in held)
+            best = Calibration(
+                -1.0, 1, 1, 0.0, m, 0, 0, 0.0, 0.0, 0.0, budget, confidence, candidates,
+                held_out=held is not None, per_stream=per_stream, in_sample_requests=n,
+            )  # fmt: skip
         if apply:
             self.threshold, self.k, self.votes, self.min_confidence = (
                 best.threshold,
@@ -1978,6 +2139,42 @@ class SemanticCache:
         cache._version = int(state["version"])
         cache._known = {bytes(o): int(v) for o, v in state["known"]}
         return cache
+
+
+def serve_stream(
+    cache: SemanticCache,
+    features: npt.NDArray[np.floating[Any]],
+    labels: npt.NDArray[np.integer[Any]],
+    confidences: npt.NDArray[np.floating[Any]],
+    fingerprint: str,
+    start: float = 0.0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Serve a stream through ``cache`` as a :class:`~ccied_p2p.runtime.node.Node` does, offline.
+
+    Request ``i`` (a row of features, or an activation reduced by the cache's reducer, at time
+    ``start + i``) is looked up; a hit that is not
+    audited answers the cached label; an audited hit is answered by the model (``labels[i]``,
+    ``confidences[i]``: what the uncached model says) and reported with :meth:`SemanticCache.verify`; a miss
+    is answered by the model and inserted (subject to the cache's ``min_confidence`` gate). Returns the
+    label each request got and whether the cache answered it: ``served[hit] != labels[hit]`` are the
+    false hits.
+    """
+    n = len(labels)
+    if len(features) != n or len(confidences) != n:
+        raise LocalError(f"{len(features)} features, {n} labels and {len(confidences)} confidences")
+    feats = cache.features(np.asarray(features)) if n else np.zeros((0, 1), dtype=np.float32)
+    served = np.asarray(labels, dtype=np.int64).copy()
+    hit = np.zeros(n, dtype=bool)
+    for i in range(n):
+        now = start + i
+        found = cache.lookup(feats[i], fingerprint, now)
+        if isinstance(found, Hit) and not found.audit:
+            served[i], hit[i] = found.label, True
+        elif isinstance(found, Hit):
+            cache.verify(feats[i], found, int(labels[i]), float(confidences[i]), fingerprint, now)
+        else:
+            cache.insert(feats[i], int(labels[i]), float(confidences[i]), fingerprint, now)
+    return served, hit
 
 
 def _asdict(c: Calibration) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ccied_p2p.errors import CCIEDError
 
 __all__ = ["BENCHES", "build_parser", "main", "serve_argv"]
 
-BENCHES = ("codec", "cache", "gossip", "transport", "serve", "sharing", "e2e", "quota")
+BENCHES = ("codec", "cache", "calibration", "gossip", "transport", "serve", "sharing", "e2e", "quota")
 log = logging.getLogger("ccied_p2p.cli")
 
 
@@ -72,7 +72,38 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune_lite0(args: argparse.Namespace) -> int:
+    import torch
+
+    from ccied_p2p import lite
+
+    torch.set_num_threads(1)
+    cut = args.split or lite.DEFAULT_CUT
+    amounts = [0.5, 0.65, 0.75] if args.curve else [0.65 if args.amount is None else args.amount]
+    channels = int(lite.lite0_split(cut, prune=False).activation_shape[0])
+    rows = []
+    for amount in amounts:
+        keep = max(1, round((1.0 - amount) * channels))
+        rows.append(lite.prune_summary(cut, lite.DistillRecipe(keep=keep)))
+    out: Any = rows[0] if len(rows) == 1 else rows
+    lines = [
+        f"{'cut':<10} {'amount':>6} {'bytes':>7} {'f16 B':>7} {'unpruned':>8} {'JPEG':>7} {'agree':>6} {'acc before':>10} {'acc after':>9}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['cut']:<10} {r['amount']:>6.3f} {r['bytes_per_transfer']:>7.0f} {r['bytes_per_transfer_f16']:>7.0f} "
+            f"{r['unpruned_bytes']:>8.0f} {r['jpeg_bytes']:>7.0f} {r['agreement']:>6.3f} {r['accuracy_before']:>10.4f} "
+            f"{r['accuracy_after']:>9.4f}"
+        )
+    sys.stdout.write((json.dumps(out, indent=2) if args.json else "\n".join(lines)) + "\n")
+    return 0
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.model == "efficientnet-lite0":
+        return _cmd_prune_lite0(args)
+    if args.amount is None:
+        args.amount = 0.75
     from ccied_p2p import models
     from ccied_p2p.pruning import prune_report
     from ccied_p2p.split import SplitModel
@@ -265,7 +296,10 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune the split layer and report accuracy, sparsity and bytes")
     common(p)
-    p.add_argument("--amount", type=float, default=0.75)
+    for action in p._actions:
+        if action.dest == "model":
+            action.choices = ["lenet", "vgg", "efficientnet-lite0"]
+    p.add_argument("--amount", type=float, default=None, help="share pruned (default 0.75; Lite0: 0.65)")
     p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
     p.set_defaults(func=_cmd_prune)
 

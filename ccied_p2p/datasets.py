@@ -14,14 +14,19 @@ digits          scikit-learn's ``load_digits`` (8x8, upsampled   1 437 train / 3
 
 ``load()`` with no name returns the best one present, in that order; ``digits`` always is, so the default never
 fails on a fresh install. Every set is 28x28 grayscale with 10 classes.
+
+Your own images: :func:`from_arrays` (or :meth:`Dataset.from_arrays`) builds a :class:`Dataset` from uint8
+arrays, with the input normalisation a checkpoint trained elsewhere expects (``mean=``, ``std=``).
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,16 @@ import torch
 
 from ccied_p2p.errors import ConfigError, DataUnavailableError
 
-__all__ = ["DEBIAN_FASHION_MNIST", "NAMES", "Dataset", "available", "default_name", "load", "read_idx"]
+__all__ = [
+    "DEBIAN_FASHION_MNIST",
+    "NAMES",
+    "Dataset",
+    "available",
+    "default_name",
+    "from_arrays",
+    "load",
+    "read_idx",
+]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NAMES = ("fashion-mnist", "mnist-5k", "digits")
@@ -62,7 +76,13 @@ I64Array = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Images as uint8 (N, 28, 28) and labels as int64, plus normalised float tensors for models."""
+    """Images as uint8 (N, H, W) and labels as int64, plus normalised float tensors for models.
+
+    Every model input goes through :meth:`normalize`: ``(pixel / 255 - mean) / std``, where ``mean`` and
+    ``std`` are the train images' own statistics unless :meth:`from_arrays` was given others. Training,
+    fine-tuning, calibration and the benchmarks all use them, so a checkpoint trained elsewhere needs its
+    own normalisation here.
+    """
 
     name: str
     train_images: U8Array
@@ -72,18 +92,78 @@ class Dataset:
     classes: tuple[str, ...]
     mean: float = field(init=False)
     std: float = field(init=False)
+    own_stats: bool = field(init=False, repr=False)
+    """Whether ``mean`` and ``std`` are the train images' own (False: given to :meth:`from_arrays`)."""
 
     def __post_init__(self) -> None:
-        pixels = self.train_images.astype(np.float64) / 255.0
+        source = self.train_images if len(self.train_images) else self.test_images
+        if len(source) == 0:
+            raise ConfigError("a data set needs train or test images")
+        pixels = source.astype(np.float64) / 255.0
         object.__setattr__(self, "mean", float(pixels.mean()))
-        object.__setattr__(self, "std", float(pixels.std()))
+        object.__setattr__(self, "std", float(pixels.std()) or 1.0)
+        object.__setattr__(self, "own_stats", True)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        name: str,
+        test_images: npt.ArrayLike,
+        test_labels: npt.ArrayLike,
+        train_images: npt.ArrayLike | None = None,
+        train_labels: npt.ArrayLike | None = None,
+        classes: Sequence[str] | None = None,
+        *,
+        mean: float | None = None,
+        std: float | None = None,
+    ) -> Dataset:
+        """A data set from your own uint8 grayscale images ``(N, H, W)`` and integer labels ``(N,)``.
+
+        ``mean`` and ``std`` are the normalisation a model trained elsewhere expects, in units of
+        ``pixel / 255`` (torchvision's ``Normalize`` for one channel); by default the train images' own
+        statistics (the test images' when there are no train images). ``classes`` defaults to
+        ``"0" .. str(max label)``. Without train images the set serves inference, calibration and
+        measurement, not training.
+        """
+        test_x, test_y = _image_array(test_images, "test_images"), _label_array(test_labels, "test_labels")
+        if len(test_x) != len(test_y):
+            raise ConfigError(f"{len(test_x)} test images but {len(test_y)} test labels")
+        if train_images is None:
+            if train_labels is not None:
+                raise ConfigError("train_labels without train_images")
+            train_x = np.zeros((0, *test_x.shape[1:]), dtype=np.uint8)
+            train_y = np.zeros(0, dtype=np.int64)
+        else:
+            train_x = _image_array(train_images, "train_images")
+            train_y = _label_array(train_labels, "train_labels")
+            if len(train_x) != len(train_y):
+                raise ConfigError(f"{len(train_x)} train images but {len(train_y)} train labels")
+            if len(train_x) and train_x.shape[1:] != test_x.shape[1:]:
+                raise ConfigError(f"train images are {train_x.shape[1:]}, test images {test_x.shape[1:]}")
+        labels = np.concatenate([train_y, test_y])
+        if len(labels) and labels.min() < 0:
+            raise ConfigError("labels must be >= 0")
+        if classes is None:
+            classes = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+        elif len(labels) and int(labels.max()) >= len(classes):
+            raise ConfigError(f"label {int(labels.max())} but only {len(classes)} classes")
+        data = cls(name, train_x, train_y, test_x, test_y, tuple(classes))
+        if mean is not None or std is not None:
+            m = data.mean if mean is None else float(mean)
+            sd = data.std if std is None else float(std)
+            if not (math.isfinite(m) and math.isfinite(sd) and sd > 0):
+                raise ConfigError(f"mean must be finite and std > 0, got mean={mean}, std={std}")
+            object.__setattr__(data, "mean", m)
+            object.__setattr__(data, "std", sd)
+            object.__setattr__(data, "own_stats", False)
+        return data
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def normalize(self, images: npt.NDArray[np.uint8] | npt.NDArray[np.float32]) -> torch.Tensor:
-        """uint8 images (N, 28, 28) or (28, 28) -> float32 tensor (N, 1, 28, 28), standardised with train stats."""
+        """uint8 images (N, H, W) or (H, W) -> float32 tensor (N, 1, H, W), standardised with ``mean``, ``std``."""
         arr = np.asarray(images, dtype=np.float32)
         if arr.ndim == 2:
             arr = arr[None]
@@ -118,6 +198,37 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, train={len(self.train_labels)}, test={len(self.test_labels)})"
+
+
+def _image_array(images: npt.ArrayLike, what: str) -> U8Array:
+    arr = np.asarray(images)
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"{what} must be uint8 shaped (N, H, W), got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _label_array(labels: npt.ArrayLike | None, what: str) -> I64Array:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ConfigError(f"{what} must be integers shaped (N,), got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def from_arrays(
+    name: str,
+    test_images: npt.ArrayLike,
+    test_labels: npt.ArrayLike,
+    train_images: npt.ArrayLike | None = None,
+    train_labels: npt.ArrayLike | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    mean: float | None = None,
+    std: float | None = None,
+) -> Dataset:
+    """:meth:`Dataset.from_arrays`: a data set from your own arrays and normalisation."""
+    return Dataset.from_arrays(
+        name, test_images, test_labels, train_images, train_labels, classes, mean=mean, std=std
+    )
 
 
 def read_idx(path: Path) -> npt.NDArray[np.generic]:

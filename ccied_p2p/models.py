@@ -151,6 +151,8 @@ def _data_digest(data: Dataset) -> str:
     for arr in (data.train_images, data.train_labels, data.test_images, data.test_labels):
         h.update(str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr[:: max(1, len(arr) // 512)]).tobytes())
+    if not data.own_stats:  # another normalisation trains other weights
+        h.update(f"normalize {data.mean!r} {data.std!r}".encode())
     return h.hexdigest()[:16]
 
 

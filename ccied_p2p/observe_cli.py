@@ -66,7 +66,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="mDNS interface address to browse (repeatable; 'all' for every one; default 127.0.0.1)",
     )
     p.add_argument("--no-mdns", action="store_true", help="do not browse mDNS (use --nodes)")
-    p.add_argument("--browse", type=float, default=1.5, help="seconds to listen for mDNS (default 1.5)")
+    p.add_argument(
+        "--browse",
+        type=float,
+        default=1.5,
+        help="seconds to listen for mDNS at most (default 1.5; it stops soon after a node answers)",
+    )
     p.add_argument("--token", default=None, help="read token for non-loopback nodes")
     p.add_argument("--secret", default=None, help="cluster secret to derive the read token from")
     p.add_argument("--secret-file", default=None)
@@ -127,13 +132,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+SETTLE_S = 0.15
+
+
 async def _browse(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(name, host:port) of every node mDNS finds."""
     if getattr(args, "no_mdns", False):
         return []
     from ccied_p2p.runtime.discovery import browse_once
 
-    found = await browse_once(args.browse, _interfaces(args))
+    # Any one node lists the others (status collects through membership; dashboard wants one): stop listening
+    # shortly after the first answer instead of always waiting out --browse.
+    found = await browse_once(args.browse, _interfaces(args), settle=SETTLE_S)
     return [(p.name, f"{p.host}:{p.port}") for p in found]
 
 

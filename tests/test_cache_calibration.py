@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ccied_p2p.cache import Calibration, Hit, SemanticCache, _prior_neighbours
+from ccied_p2p.cache import (
+    Calibration,
+    Hit,
+    SemanticCache,
+    _clopper_pearson_bisect,
+    _prior_neighbours,
+    clopper_pearson_upper,
+    serve_stream,
+)
 from ccied_p2p.errors import ConfigError, LocalError
 
 FP = "c" * 16
@@ -188,3 +196,116 @@ def test_activations_are_reduced_before_calibration() -> None:
     cal = SemanticCache(b"n").calibrate(acts, labels, 0.0, confidence=0.0, apply=False)
     assert cal.hit_rate > 0.5
     assert cal.false_hits == 0
+
+
+def test_clopper_pearson_matches_the_beta_quantile_and_the_fallback() -> None:
+    from scipy.stats import beta
+
+    for bad, n in ((0, 300), (3, 1000), (12, 900), (49, 50)):
+        exact = float(beta.ppf(0.95, bad + 1, n - bad))
+        assert clopper_pearson_upper(bad, n, 0.95) == pytest.approx(exact, rel=1e-9)
+        assert _clopper_pearson_bisect(bad, n, 0.95) == pytest.approx(exact, rel=1e-6)
+    assert clopper_pearson_upper(0, 298) > 0.01 > clopper_pearson_upper(0, 299)  # 299 clean hits reach 1%
+    assert clopper_pearson_upper(0, 0) == 1.0
+    assert clopper_pearson_upper(5, 5) == 1.0
+    assert clopper_pearson_upper(3, 100, 0.0) == 0.03
+
+
+def test_clopper_pearson_covers_the_true_rate() -> None:
+    rng = np.random.default_rng(0)
+    p, n = 0.01, 400
+    bad = rng.binomial(n, p, size=2000)
+    covered = np.mean([clopper_pearson_upper(int(b), n, 0.95) >= p for b in bad])
+    assert covered >= 0.95
+
+
+def _serve_all(cal: Calibration, streams: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    hits = bad = 0
+    for x, pred, conf in streams:
+        cache = SemanticCache(
+            b"n", threshold=cal.threshold, k=cal.k, votes=cal.votes, min_confidence=cal.min_confidence
+        )
+        served, hit = serve_stream(cache, x, pred, conf, FP)
+        hits += int(hit.sum())
+        bad += int(np.sum(served[hit] != pred[hit]))
+    return hits, bad
+
+
+def test_holdout_certifies_on_streams_the_choice_never_saw(world: World) -> None:
+    chosen = [world.stream(1200, seed=s) for s in (1, 2)]
+    held = [world.stream(1200, seed=s) for s in (3, 4)]
+    cache = SemanticCache(b"n")
+    cal = cache.calibrate(
+        [x for x, _, _ in chosen],
+        [p for _, p, _ in chosen],
+        0.02,
+        confidences=[c for _, _, c in chosen],
+        holdout=([x for x, _, _ in held], [p for _, p, _ in held], [c for _, _, c in held]),
+    )
+    assert cal.held_out
+    assert cal.certified >= 1
+    assert cal.requests == 2400
+    assert cal.in_sample_requests == 2400
+    assert cal.false_hit_bound <= 0.02
+    assert 1 <= cal.certified <= cal.tested <= 16
+    level = 1 - 0.05 / cal.tested  # Bonferroni over the settings tested on the holdout
+    assert cal.false_hit_bound == pytest.approx(clopper_pearson_upper(cal.false_hits, cal.hits, level))
+    # The reported figures are what a fresh cache with that setting does on the held-out streams.
+    assert _serve_all(cal, held) == (cal.hits, cal.false_hits)
+    assert _serve_all(cal, chosen) == (cal.in_sample_hits, cal.in_sample_false_hits)
+    assert (cache.threshold, cache.k, cache.votes) == (cal.threshold, cal.k, cal.votes)
+
+
+def test_per_stream_bounds_every_stream_alone(world: World) -> None:
+    streams = [world.stream(1500, seed=s) for s in (1, 2, 3)]
+    held = [world.stream(1500, seed=s) for s in (4, 5, 6)]
+    args = ([x for x, _, _ in streams], [p for _, p, _ in streams], 0.03)
+    holdout = ([x for x, _, _ in held], [p for _, p, _ in held], None)
+    pooled = SemanticCache(b"n").calibrate(*args, holdout=holdout, apply=False)
+    alone = SemanticCache(b"n").calibrate(*args, holdout=holdout, per_stream=True, apply=False)
+    assert alone.per_stream
+    assert len(alone.stream_bounds) == 3
+    assert alone.hits > 0
+    assert max(alone.stream_bounds) == alone.false_hit_bound <= 0.03
+    assert pooled.false_hit_bound <= 0.03
+    assert alone.hits <= pooled.hits  # a stricter test passes fewer settings
+    grouped = SemanticCache(b"n").calibrate(
+        *args, holdout=holdout, per_stream=True, groups=[0, 0, 1], apply=False
+    )
+    assert len(grouped.stream_bounds) == 2
+    assert max(grouped.stream_bounds) == grouped.false_hit_bound <= 0.03
+    with pytest.raises(LocalError):
+        SemanticCache(b"n").calibrate(*args, holdout=holdout, per_stream=True, groups=[0, 1])
+    with pytest.raises(LocalError):
+        SemanticCache(b"n").calibrate(*args, groups=[0, 0, 1])
+
+
+def test_a_holdout_that_disagrees_certifies_nothing(world: World) -> None:
+    x, pred, conf = world.stream(2000, seed=1)
+    hx, hpred, hconf = world.stream(2000, seed=2)
+    scrambled = np.random.default_rng(0).integers(0, 10, len(hpred))  # a "model" that answers at random
+    cache = SemanticCache(b"n")
+    cal = cache.calibrate(x, pred, 0.02, confidences=conf, holdout=(hx, scrambled, hconf))
+    assert cal.held_out
+    assert cal.threshold < 0
+    assert cal.certified == 0
+    cache.insert(x[0], 0, 0.99, FP, 0.0)
+    assert not isinstance(cache.lookup(x[0], FP, 0.0), Hit)
+
+
+def test_serve_stream_follows_the_node_contract(world: World) -> None:
+    x, pred, conf = world.stream(1500, seed=1)
+    cal = SemanticCache(b"n").calibrate(x, pred, 0.02, confidences=conf, apply=False)
+    a = SemanticCache(
+        b"n", threshold=cal.threshold, k=cal.k, votes=cal.votes, min_confidence=cal.min_confidence
+    )
+    b = SemanticCache(
+        b"n", threshold=cal.threshold, k=cal.k, votes=cal.votes, min_confidence=cal.min_confidence
+    )
+    served, hit = serve_stream(a, x, pred, conf, FP)
+    assert (int(hit.sum()), int(np.sum(served[hit] != pred[hit]))) == serve(b, x, pred, conf)
+    assert np.array_equal(served[~hit], pred[~hit])  # misses and audits are answered by the model
+    assert a.stats().audits > 0
+    assert len(a) == len(b)
+    with pytest.raises(LocalError):
+        serve_stream(a, x, pred[:-1], conf, FP)

@@ -95,3 +95,55 @@ def test_unknown_name() -> None:
 def test_default_is_best_present() -> None:
     assert datasets.default_name() == datasets.available()[0]
     assert "digits" in datasets.available()
+
+
+def test_from_arrays_uses_the_normalisation_a_foreign_checkpoint_expects() -> None:
+    rng = np.random.default_rng(0)
+    test = rng.integers(0, 256, (12, 32, 32)).astype(np.uint8)
+    labels = rng.integers(0, 3, 12)
+    own = datasets.from_arrays("mine", test, labels)
+    assert own.own_stats
+    assert own.classes == tuple(str(i) for i in range(int(labels.max()) + 1))
+    assert own.train_images.shape == (0, 32, 32)
+    assert abs(float(own.test_x.mean())) < 1e-5  # no train images: the test images' own statistics
+    foreign = datasets.Dataset.from_arrays("mine", test, labels, mean=0.1307, std=0.3081, classes="abc")
+    assert not foreign.own_stats
+    expected = (test[0].astype(np.float32) / 255 - 0.1307) / 0.3081
+    np.testing.assert_allclose(foreign.normalize(test[0])[0, 0].numpy(), expected, rtol=1e-6)
+    assert foreign.test_x.shape == (12, 1, 32, 32)
+    train = rng.integers(0, 256, (20, 32, 32)).astype(np.uint8)
+    with_train = datasets.from_arrays("mine", test, labels, train, rng.integers(0, 3, 20))
+    assert with_train.mean == pytest.approx(train.mean() / 255)
+
+
+def test_from_arrays_refuses_what_it_cannot_use() -> None:
+    img = np.zeros((4, 28, 28), dtype=np.uint8)
+    lab = np.zeros(4, dtype=np.int64)
+    bad = [
+        dict(test_images=img.astype(np.float32), test_labels=lab),
+        dict(test_images=img, test_labels=lab[:3]),
+        dict(test_images=img, test_labels=lab.astype(np.float32)),
+        dict(test_images=img, test_labels=lab - 1),
+        dict(test_images=img, test_labels=lab + 5, classes=("a", "b")),
+        dict(test_images=img, test_labels=lab, train_labels=lab),
+        dict(
+            test_images=img, test_labels=lab, train_images=np.zeros((4, 20, 20), np.uint8), train_labels=lab
+        ),
+        dict(test_images=img, test_labels=lab, std=0.0),
+        dict(test_images=img[:0], test_labels=lab[:0]),
+    ]
+    for kwargs in bad:
+        with pytest.raises(ConfigError):
+            datasets.from_arrays("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_another_normalisation_trains_other_weights() -> None:
+    from ccied_p2p.models import _data_digest
+
+    rng = np.random.default_rng(0)
+    args = (rng.integers(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 2)
+    train = (rng.integers(0, 256, (8, 28, 28)).astype(np.uint8), np.arange(8) % 2)
+    a = datasets.from_arrays("x", *args, *train)
+    b = datasets.from_arrays("x", *args, *train)
+    c = datasets.from_arrays("x", *args, *train, mean=0.5, std=0.5)
+    assert _data_digest(a) == _data_digest(b) != _data_digest(c)

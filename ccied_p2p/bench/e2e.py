@@ -251,7 +251,7 @@ async def _all(args: argparse.Namespace, plan_: list[dict[str, Any]], bar: Any) 
                 model,
                 data,
                 DEFAULT_AMOUNT.get(model, 0.75) if args.amount is None else args.amount,
-                1000 if quick else 3000,
+                3000,  # fewer held-out hits cannot certify a 1% budget
                 args.false_hit_budget,
             )
         key = (model, workload)

@@ -17,6 +17,7 @@ does not notice a crashed peer (no goodbye): trust comes from the transport hand
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -458,18 +459,31 @@ class Discovery:
 
 
 async def browse_once(
-    duration: float = 1.5, interfaces: str | Sequence[str] = LOOPBACK
+    duration: float = 1.5, interfaces: str | Sequence[str] = LOOPBACK, settle: float | None = None
 ) -> list[DiscoveredPeer]:
-    """Listen for ``duration`` seconds without announcing; every node found, sorted by name.
+    """Listen for up to ``duration`` seconds without announcing; every node found, sorted by name.
 
-    Responders answer a QM query at most once a second per record (RFC 6762 §6), so a browse that
-    follows another within a second can wait about 1.1 s: keep ``duration`` above that.
+    With ``settle``, stop ``settle`` seconds after the first node answers (those who answer the same query
+    arrive together): enough for callers that learn the rest of the cluster from any one member, such as
+    ``ccied-p2p status``. Responders answer a QM query at most once a second per record (RFC 6762 §6), so a
+    browse that follows another within a second can wait about 1.1 s: keep ``duration`` above that.
     """
     if not 0 < duration <= 600:
         raise ConfigError(f"duration must be in (0, 600] seconds, got {duration!r}")
     config = DiscoveryConfig(interfaces=interfaces, resolve_timeout=min(1.0, duration))
     async with Discovery(config) as d:
-        await asyncio.sleep(duration)
+        if settle is None:
+            await asyncio.sleep(duration)
+        else:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + duration
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    async for event in d.events():
+                        if isinstance(event, PeerFound):
+                            break
+            if d.peers:
+                await asyncio.sleep(max(0.0, min(settle, deadline - loop.time())))
         return sorted(d.peers.values(), key=lambda p: (p.name, p.node_id))
 
 

@@ -1,0 +1,168 @@
+"""``ccied-p2p bench cache --workload photo-camera|video``: the semantic cache on 224-px camera frames.
+
+The pruned EfficientNet-Lite0 split (:func:`ccied_p2p.lite.lite0_split`; ``--amount 0``: unpruned); the cache
+key is the split activation's kept channels pooled over a 2x2 grid. ``photo-camera`` calibrates on camera streams over the
+calibration photos and is measured on a camera stream and on the no-repeat control over the evaluation photos;
+``video`` calibrates on the train clips and is measured on the evaluation clips, each streamed in order. A
+false hit is a served label the uncached split would not have answered; ``false_hit_upper`` is its one-sided
+95% Clopper-Pearson upper bound over the served hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ccied_p2p.bench.cache import Stream, _evaluate
+from ccied_p2p.cache import GridPool, SemanticCache
+
+__all__ = ["WORKLOADS", "clopper_pearson_upper", "render", "run"]
+
+WORKLOADS = ("photo-camera", "video")
+_REDUCER = "grid2"
+
+
+def clopper_pearson_upper(bad: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided exact binomial upper bound on a rate seen ``bad`` times in ``n`` (1.0 when ``n`` is 0)."""
+    from scipy.stats import beta  # type: ignore[import-untyped, unused-ignore]
+
+    if n == 0 or bad >= n:
+        return 1.0
+    return float(beta.ppf(confidence, bad + 1, n - bad))
+
+
+class _Lite:
+    def __init__(self, pruned: bool) -> None:
+        import torch
+
+        from ccied_p2p.lite import lite0_split
+
+        torch.set_num_threads(1)
+        self.torch = torch
+        self.split = lite0_split(prune=pruned)
+        mask = self.split.channel_mask
+        live = None if mask is None else [int(c) for c in np.flatnonzero(mask.numpy())]
+        self.reducer = GridPool(2, channels=live)
+        self.seconds = 0.0
+
+    def stream(self, images: npt.NDArray[np.uint8], truth: npt.NDArray[np.int64], idx: Any) -> Stream:
+        from ccied_p2p.lite import to_input
+
+        start = time.perf_counter()
+        feats, labels, confs = [], [], []
+        with self.torch.inference_mode():
+            for i in range(0, len(images), 32):
+                h = self.split.head(to_input(images[i : i + 32]))
+                p = self.torch.softmax(self.split.tail(h), dim=1)
+                c, lab = p.max(dim=1)
+                feats.append(self.reducer(h.numpy()))
+                labels.append(lab.numpy().astype(np.int64))
+                confs.append(c.numpy().astype(np.float32))
+        self.seconds += time.perf_counter() - start
+        return (
+            {_REDUCER: np.concatenate(feats)},
+            np.concatenate(labels),
+            np.concatenate(confs),
+            np.asarray(truth, np.int64),
+            np.asarray(idx, np.int64),
+        )
+
+
+def _photo_streams(model: _Lite, args: argparse.Namespace) -> tuple[list[Stream], dict[str, Stream], str]:
+    from ccied_p2p.video import photo_camera, photo_control, photo_split
+
+    calibration, evaluation = photo_split()
+
+    def of(frames: list[Any]) -> Stream:
+        images = np.stack([f.image for f in frames])
+        return model.stream(images, np.array([f.label for f in frames]), [f.photo for f in frames])
+
+    # A 1% bound needs hundreds of hits: with none false, 299 bring the 95% upper bound under 1%.
+    n = args.requests
+    cal = [of(list(photo_camera(calibration, n // 2, seed=100 + s))) for s in range(3)]
+    measured = {
+        "camera": of(list(photo_camera(evaluation, n, seed=args.seed))),
+        "control": of(list(photo_control(evaluation, min(n, 500), seed=args.seed))),
+    }
+    names = ", ".join(p.name for p in calibration)
+    return cal, measured, f"3 photo-camera streams of {n // 2} frames over the calibration photos ({names})"
+
+
+def _video_streams(model: _Lite, args: argparse.Namespace) -> tuple[list[Stream], dict[str, Stream], str]:
+    from ccied_p2p.video import EVAL_CLIPS, TRAIN_CLIPS, read_clip
+
+    def of(name: str) -> Stream:
+        frames = read_clip(name)
+        return model.stream(frames, np.full(len(frames), -1), np.arange(len(frames)))
+
+    cal = [of(name) for name in TRAIN_CLIPS]
+    measured = {name: of(name) for name in EVAL_CLIPS}
+    return cal, measured, f"the train clips {', '.join(TRAIN_CLIPS)}, each in order"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Calibrate on the calibration data, serve the evaluation data; what ``--json`` prints."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        model = _Lite(pruned=args.amount > 0)
+        make = _photo_streams if args.workload == "photo-camera" else _video_streams
+        cal_streams, measured, described = make(model, args)
+        cal = SemanticCache(b"bench").calibrate(
+            [s[0][_REDUCER] for s in cal_streams],
+            [s[1] for s in cal_streams],
+            args.budget,
+            confidences=[s[2] for s in cal_streams],
+            confidence=args.bound,
+            apply=False,
+        )
+        fp = model.split.fingerprint
+        streams = {name: _evaluate(cal, fp, s, _REDUCER) for name, s in measured.items()}
+    for q in streams.values():
+        q["false_hit_rate"] = q["false_hits"] / q["hits"] if q["hits"] else 0.0
+        q["false_hit_upper"] = clopper_pearson_upper(q["false_hits"], q["hits"])
+    hits = sum(q["hits"] for q in streams.values())
+    false = sum(q["false_hits"] for q in streams.values())
+    requests = sum(q["requests"] for q in streams.values())
+    main = streams.get("camera")
+    return {
+        "workload": args.workload,
+        "model": "efficientnet-lite0",
+        "split": model.split.split_at,
+        "pruned": model.split.channel_mask is not None,
+        "fingerprint": fp,
+        "reducer": f"grid2 over {len(model.reducer.channels) if model.reducer.channels else 'all'} channels",
+        "calibration": {"data": described, **asdict(cal)},
+        "requests": main["requests"] if main else requests,
+        "hit_rate": main["hit_rate"] if main else hits / max(1, requests),
+        "false_hit_rate": main["false_hit_rate"] if main else (false / hits if hits else 0.0),
+        "false_hit_upper": main["false_hit_upper"] if main else clopper_pearson_upper(false, hits),
+        "streams": streams,
+        "model_seconds": model.seconds,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human table."""
+    cal = result["calibration"]
+    lines = [
+        f"semantic cache on {result['workload']}: {result['model']} split at {result['split']}, {result['reducer']}",
+        f"calibrated on {cal['data']}: threshold {cal['threshold']:.5f}, k={cal['k']}, votes={cal['votes']}, "
+        f"min_confidence {cal['min_confidence']:.2f}",
+        "",
+        f"{'stream':<10} {'requests':>8} {'hit rate':>9} {'hits':>6} {'false':>6} {'false rate':>10} {'upper 95%':>10}",
+    ]
+    for name, q in result["streams"].items():
+        lines.append(
+            f"{name:<10} {q['requests']:>8} {q['hit_rate']:>9.3f} {q['hits']:>6} {q['false_hits']:>6} "
+            f"{q['false_hit_rate']:>10.4f} {q['false_hit_upper']:>10.4f}"
+        )
+    lines.append(f"\ntotal {result['seconds']:.0f} s (model {result['model_seconds']:.0f} s)")
+    return "\n".join(lines)

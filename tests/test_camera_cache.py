@@ -1,0 +1,26 @@
+"""The camera-cache bench's exact binomial bound, and its calibration data kept apart from what it measures."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ccied_p2p.bench.camera_cache import clopper_pearson_upper
+
+
+def test_clopper_pearson_upper_bound() -> None:
+    # With no failure the bound is 1 - 0.05**(1/n): 299 clean hits are the fewest under 1%.
+    assert clopper_pearson_upper(0, 299) <= 0.01 < clopper_pearson_upper(0, 298)
+    assert clopper_pearson_upper(0, 0) == 1.0
+    assert clopper_pearson_upper(5, 100) == pytest.approx(0.1023, abs=1e-3)
+    assert clopper_pearson_upper(1, 500) > 1 / 500
+
+
+def test_bench_cache_accepts_the_camera_workloads() -> None:
+    from ccied_p2p.cli import build_parser
+
+    for workload in ("photo-camera", "video"):
+        args = build_parser().parse_args(["bench", "cache", "--workload", workload, "--json"])
+        assert isinstance(args, argparse.Namespace)
+        assert args.workload == workload
