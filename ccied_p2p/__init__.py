@@ -6,7 +6,8 @@ no module imports another in a cycle: tests/test_layout.py):
 Pure core
 - :mod:`ccied_p2p.errors`    the exception tree (one root, :class:`CCIEDError`)
 - :mod:`ccied_p2p.codec`     the wire format: messages, frames, sparse tensor encodings, lz4, encrypted sessions
-- :mod:`ccied_p2p.cache`     :class:`SemanticCache`: kNN vote over usearch / numpy, calibration, eviction
+- :mod:`ccied_p2p.cache`     :class:`SemanticCache`: kNN vote over usearch / numpy, calibration, eviction (a
+  package: reducers, indexes, eviction, results, entries, calibration, persistence, the facade)
 - :mod:`ccied_p2p.gossip`    SWIM membership with suspicion, and its simulation
 - :mod:`ccied_p2p.scheduler` where a tail runs: estimates and failover order
 - :mod:`ccied_p2p.strategy`  per request: cache, local, offload or split, from measured costs

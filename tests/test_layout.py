@@ -49,8 +49,10 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+            subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+            found.update(subs)
+            if len(subs) < len(node.names):  # a name from the module itself, not only its submodules
+                found.add(base)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
