@@ -1,21 +1,43 @@
 """ccied_p2p: cache-aided collaborative DNN inference between edge devices (after CCIED, IEEE HPCC 2020).
 
-Modules, pure layers first:
+Modules, from the pure core up (the core imports no torch, asyncio, aiohttp or zeroconf: tests/test_imports.py;
+no module imports another in a cycle: tests/test_layout.py):
 
-- :mod:`ccied_p2p.datasets`  real image data sets, offline (Fashion-MNIST, MNIST-5k, digits)
-- :mod:`ccied_p2p.models`    reference models (LeNet-, VGG-style), trained once and cached; EfficientNet-Lite0
-- :mod:`ccied_p2p.split`     :class:`SplitModel`: cut any traceable model into head and tail; profile; fingerprint
-- :mod:`ccied_p2p.pruning`   :func:`prune_split_layer`: prune only the layer producing the split activation
-- :mod:`ccied_p2p.codec`     the wire format: messages, frames, sparse tensor encodings, lz4, encrypted sessions (pure)
-- :mod:`ccied_p2p.cache`     :class:`SemanticCache`: kNN vote over usearch / numpy, calibration, eviction (pure)
-- :mod:`ccied_p2p.workloads` seeded camera, control and non-IID request streams over real images (pure)
-- :mod:`ccied_p2p.gossip`    SWIM membership with suspicion, and its simulation (pure)
-- :mod:`ccied_p2p.scheduler` where a tail runs: estimates and failover order (pure)
-- :mod:`ccied_p2p.strategy`  per request: cache, local, offload or split, from measured costs (pure)
-- :mod:`ccied_p2p.runtime`   asyncio: authenticated WebSocket links, mDNS discovery, the :class:`Node`
-- :mod:`ccied_p2p.presets`   a pruned reference split and a calibrated cache, ready to run
+Pure core
 - :mod:`ccied_p2p.errors`    the exception tree (one root, :class:`CCIEDError`)
-- :mod:`ccied_p2p.cli`       the ``ccied-p2p`` command (train, profile, prune, serve, infer, demo, bench)
+- :mod:`ccied_p2p.codec`     the wire format: messages, frames, sparse tensor encodings, lz4, encrypted sessions
+- :mod:`ccied_p2p.cache`     :class:`SemanticCache`: kNN vote over usearch / numpy, calibration, eviction (a
+  package: reducers, indexes, eviction, results, entries, calibration, persistence, the facade)
+- :mod:`ccied_p2p.gossip`    SWIM membership with suspicion, and its simulation
+- :mod:`ccied_p2p.scheduler` where a tail runs: estimates and failover order
+- :mod:`ccied_p2p.strategy`  per request: cache, local, offload or split, from measured costs
+- :mod:`ccied_p2p.planner`   the split point and encoding a device should use, from a :mod:`~ccied_p2p.profile`
+- :mod:`ccied_p2p.profile`   what a split model's profile measured, per layer (plain data)
+- :mod:`ccied_p2p.workloads` seeded camera, control and non-IID request streams over real images
+
+Model layer (torch)
+- :mod:`ccied_p2p.datasets`  real image data sets, offline (Fashion-MNIST, MNIST-5k, digits)
+- :mod:`ccied_p2p.split`     :class:`SplitModel`: cut any traceable model into head and tail; profile; fingerprint
+- :mod:`ccied_p2p.training`  train and evaluate a classifier (SGD, one-cycle, shift and camera augmentation)
+- :mod:`ccied_p2p.pruning`   :func:`prune_split_layer`: prune only the layer producing the split activation
+- :mod:`ccied_p2p.models`    reference models (LeNet-, VGG-style), trained once and cached; EfficientNet-Lite0
+- :mod:`ccied_p2p.lite`      EfficientNet-Lite0 at 224 px: the split, its split-layer pruning and distillation
+- :mod:`ccied_p2p.video`     camera-resolution inputs: real clips (PyAV), a labelled photo camera, a control
+- :mod:`ccied_p2p.inputs`    how a frame becomes the model's input (:class:`InputSpec`), JPEG for offloading
+
+Runtime (asyncio)
+- :mod:`ccied_p2p.runtime`   the :class:`Node`, authenticated WebSocket links, mDNS discovery, the connection
+  guard, CPU quotas, and :mod:`~ccied_p2p.runtime.observe` (access, metrics, status, HTTP/SSE routes)
+- :mod:`ccied_p2p.logs`      logging set-up and rate-limited log lines
+
+Tools
+- :mod:`ccied_p2p.presets`   a pruned reference split and a calibrated cache, ready to run
+- :mod:`ccied_p2p.camera`    a virtual camera over real photos (camera-resolution workloads)
+- :mod:`ccied_p2p.testing`   clusters on loopback with emulated links and faults; the tests' wait helper
+- :mod:`ccied_p2p.bench`     the ``bench`` commands; :mod:`ccied_p2p.report` renders their results
+- :mod:`ccied_p2p.cli`       the ``ccied-p2p`` command (train, profile, prune, serve, infer, demo, bench); its
+  ``status``/``dashboard`` in :mod:`ccied_p2p.observe_cli`, ``plan`` in :mod:`ccied_p2p.plan_cli`, ``demo`` in
+  :mod:`ccied_p2p.demo`; :mod:`ccied_p2p.launch` builds a ``serve`` command line for launchers
 """
 
 from __future__ import annotations

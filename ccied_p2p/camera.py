@@ -136,7 +136,9 @@ def sample_photos(include_skimage: bool = True, min_side: int = 256) -> list[Pho
     try:
         from sklearn.datasets import load_sample_images
     except ImportError as exc:
-        raise DataUnavailableError("the virtual camera needs scikit-learn's sample images") from exc
+        raise DataUnavailableError(
+            "the virtual camera needs scikit-learn's sample images: pip install 'ccied-p2p[eval]'"
+        ) from exc
     bunch = load_sample_images()
     photos = [
         Photo(f"sklearn:{Path(str(name)).name}", np.ascontiguousarray(img, dtype=np.uint8))

@@ -13,8 +13,10 @@ from dataclasses import asdict
 from typing import Any
 
 from ccied_p2p.errors import CCIEDError
+from ccied_p2p.launch import serve_argv
 
-__all__ = ["BENCHES", "build_parser", "main"]
+__all__ = ["BENCHES", "build_parser", "main", "serve_argv"]
+
 
 BENCHES = (
     "codec",

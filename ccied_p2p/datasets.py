@@ -327,9 +327,9 @@ def _load_mnist_5k() -> Dataset:
 def _load_digits() -> Dataset:
     try:
         from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
+    except ImportError as exc:  # pragma: no cover - mlxtend, a dependency, brings scikit-learn
         raise DataUnavailableError(
-            "the digits data set needs scikit-learn (`pip install scikit-learn`)"
+            "the digits data set needs scikit-learn: pip install 'ccied-p2p[eval]'"
         ) from exc
     bunch = load_digits()
     small = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)

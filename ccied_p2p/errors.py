@@ -17,7 +17,6 @@
           │    ├── LimitExceededError     a length, shape or count above the configured limit
           │    └── DecompressionError     lz4 refused the block or it inflated to the wrong size
           ├── AuthenticationError   a peer without the cluster secret, or a bad tag
-          ├── FingerprintMismatchError  a peer that runs a different model
           ├── PeerError             a peer answered with an error message
           └── RequestTimeoutError   a peer did not answer in time (a TimeoutError too)
 
@@ -35,7 +34,6 @@ __all__ = [
     "DecompressionError",
     "EncodeError",
     "EncodeLimitError",
-    "FingerprintMismatchError",
     "LimitExceededError",
     "LocalError",
     "MalformedError",
@@ -106,10 +104,6 @@ class DecompressionError(CodecError):
 
 class AuthenticationError(RemoteError):
     """A peer failed the cluster-secret handshake or sent a frame that does not open (bad tag, replay, gap)."""
-
-
-class FingerprintMismatchError(RemoteError):
-    """A peer runs a different model (split, weights or pruning mask)."""
 
 
 class PeerError(RemoteError):

@@ -1,6 +1,6 @@
 """Where to cut and how much to prune: a Neurosurgeon-style planner over a measured profile and link (pure).
 
-Given the per-layer latencies and activation sizes of a model (:class:`~ccied_p2p.split.SplitProfile`), a link
+Given the per-layer latencies and activation sizes of a model (:class:`~ccied_p2p.profile.SplitProfile`), a link
 (bandwidth, round trip), the cache hit rate and, per candidate cut, the measured wire size of the activation for
 each pruning amount (:class:`PruneOption`), :func:`plan` ranks every way to run one request by its expected
 latency (milliseconds)::
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ccied_p2p.errors import ConfigError
-from ccied_p2p.split import SplitProfile
+from ccied_p2p.profile import SplitProfile
 from ccied_p2p.strategy import Costs, Peer, Situation
 
 __all__ = ["Cut", "Link", "Plan", "PruneOption", "cuts_from_profile", "expected", "plan", "situation"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
@@ -22,9 +21,7 @@ from torch.nn.utils import prune
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.errors import SplitError
 from ccied_p2p.split import SplitModel
-
-if TYPE_CHECKING:
-    from ccied_p2p.models import Augment
+from ccied_p2p.training import Augment, TrainConfig, evaluate, train
 
 __all__ = ["PruneReport", "find_split_layer", "prune_report", "prune_split_layer"]
 
@@ -109,7 +106,7 @@ def prune_split_layer(
     With ``finetune`` the whole network is trained for ``epochs`` with the mask held, to recover accuracy;
     ``activation_l1`` adds that weight times the mean absolute split activation to the loss, which drives
     more of the surviving channels' values to zero (sparser, smaller transfers); ``augment`` is applied to
-    every fine-tuning batch (see :func:`ccied_p2p.models.camera_augment`). The input is not modified.
+    every fine-tuning batch (see :func:`ccied_p2p.training.camera_augment`). The input is not modified.
     """
     if not 0.0 <= amount < 1.0:
         raise SplitError(f"amount must be in [0, 1), got {amount}")
@@ -144,8 +141,6 @@ def prune_split_layer(
         keep = torch.ones(out_channels, dtype=torch.bool)
 
     if finetune is not None and epochs > 0:
-        from ccied_p2p.models import TrainConfig, train
-
         whole = nn.Sequential(new.head_module, new.tail_module)
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed, shift=1)
         seen: list[torch.Tensor] = []
@@ -195,7 +190,6 @@ class PruneReport:
 
 def prune_report(before: SplitModel, after: SplitModel, data: Dataset, amount: float) -> PruneReport:
     """Accuracy before/after on the test set, channel fraction pruned, activation sparsity and raw bytes."""
-    from ccied_p2p.models import evaluate
 
     acc_before = evaluate(before, data.test_x, data.test_y)
     acc_after = evaluate(after, data.test_x, data.test_y)

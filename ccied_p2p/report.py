@@ -56,7 +56,10 @@ def main_table(configs: dict[str, Any]) -> str:
 
 
 def _new_figure(width: float = 7.0, height: float = 4.2, cols: int = 1) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'ccied-p2p[eval]'") from exc
 
     fig = Figure(figsize=(width * cols, height), dpi=110, layout="constrained")
     axes = [fig.add_subplot(1, cols, i + 1) for i in range(cols)]

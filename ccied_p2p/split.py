@@ -13,13 +13,13 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ccied_p2p.errors import SplitError
+from ccied_p2p.profile import LayerProfile, SplitProfile
 
 __all__ = ["LayerProfile", "SplitModel", "SplitProfile", "candidates", "fingerprint_of", "single_thread"]
 
@@ -179,49 +179,6 @@ def _verify(module: nn.Module, head: nn.Module, tail: nn.Module, example: torch.
         raise SplitError("the model and its split must each return one tensor")
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
         raise SplitError(f"the cut after {label!r} changes the output; report this model to ccied-p2p")
-
-
-@dataclass(frozen=True)
-class LayerProfile:
-    name: str
-    op: str
-    part: str  # "head" or "tail"
-    latency_ms: float
-    shape: tuple[int, ...]
-    bytes: int
-    params: int
-    macs: int
-
-
-@dataclass(frozen=True)
-class SplitProfile:
-    layers: tuple[LayerProfile, ...]
-    split_at: str
-    head_ms: float
-    tail_ms: float
-    head_macs: int
-    tail_macs: int
-    activation_bytes: int
-    input_bytes: int
-
-    def table(self) -> str:
-        """A fixed-width text table, one row per layer, the split marked."""
-        rows = [
-            f"{'layer':<28} {'part':<4} {'op':<14} {'ms':>8} {'shape':<20} {'bytes':>10} {'params':>9} {'MACs':>11}"
-        ]
-        for layer in self.layers:
-            shape = "x".join(map(str, layer.shape))
-            rows.append(
-                f"{layer.name[:28]:<28} {layer.part:<4} {layer.op[:14]:<14} {layer.latency_ms:8.4f} {shape:<20} "
-                f"{layer.bytes:>10} {layer.params:>9} {layer.macs:>11}"
-            )
-            if layer.name == self.split_at:
-                rows.append("-" * 28 + " split " + "-" * 80)
-        rows.append(
-            f"head {self.head_ms:.3f} ms / {self.head_macs} MACs; tail {self.tail_ms:.3f} ms / {self.tail_macs} "
-            f"MACs; activation {self.activation_bytes} B vs input {self.input_bytes} B"
-        )
-        return "\n".join(rows)
 
 
 def _macs(module: nn.Module | None, out: torch.Tensor) -> int:

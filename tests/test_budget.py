@@ -60,7 +60,7 @@ def _status(pid: int) -> dict[str, int]:
 
 def _infer_frame(request_id: int, fingerprint: str, split_at: str, blob: bytes) -> bytes:
     """An InferRequest frame around a pre-encoded blob (docs/wire-format.md, sections 1 and 3)."""
-    meta = msgpack.packb([request_id, fingerprint, split_at], use_bin_type=True)
+    meta: bytes = msgpack.packb([request_id, fingerprint, split_at], use_bin_type=True)
     header = struct.pack("<BBHI", 1, MESSAGE_TYPES[InferRequest], 1, len(meta))
     return header + meta + struct.pack("<I", len(blob)) + blob
 
@@ -128,7 +128,7 @@ class Hostile:
 class Honest:
     """The honest node asking one request at a time; latencies (s) by start time."""
 
-    def __init__(self, node: Node, x: np.ndarray, want: list[int]) -> None:  # type: ignore[type-arg]
+    def __init__(self, node: Node, x: np.ndarray, want: list[int]) -> None:
         self.node, self.x, self.want = node, x, want
         self.samples: list[tuple[float, float, str]] = []  # start, latency, source
         self.wrong = 0

@@ -35,7 +35,8 @@ OTHER = "0" * 16
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -517,7 +518,7 @@ def test_merge_refuses_other_fingerprints_and_bad_entries() -> None:
     good = CacheEntry(v, 1, 0.9, FP, b"x" * 16, 1, 0.0)
     bad = [
         CacheEntry(v, 1, 0.9, OTHER, b"x" * 16, 2, 0.0),
-        CacheEntry(v.astype(np.float64), 1, 0.9, FP, b"x" * 16, 3, 0.0),  # type: ignore[arg-type]
+        CacheEntry(v.astype(np.float64), 1, 0.9, FP, b"x" * 16, 3, 0.0),
         CacheEntry(np.full(16, np.inf, np.float32), 1, 0.9, FP, b"x" * 16, 4, 0.0),
         CacheEntry(np.zeros(16, np.float32), 1, 0.9, FP, b"x" * 16, 5, 0.0),
         CacheEntry(v[:8], 1, 0.9, FP, b"x" * 16, 6, 0.0),

@@ -9,11 +9,10 @@ from ccied_p2p.cache import (
     Calibration,
     Hit,
     SemanticCache,
-    _clopper_pearson_bisect,
-    _prior_neighbours,
     clopper_pearson_upper,
     serve_stream,
 )
+from ccied_p2p.cache.calibration import _clopper_pearson_bisect, _prior_neighbours
 from ccied_p2p.errors import ConfigError, LocalError
 
 FP = "c" * 16

@@ -3,7 +3,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from ccied_p2p import cache as cache_module
 from ccied_p2p.cache import FORMAT_VERSION, GridPool, Hit, SemanticCache
+from ccied_p2p.codec.messages import CacheEntry
 from ccied_p2p.errors import CodecError, MalformedError, TruncatedError, UnsupportedError
 
 FP = "a" * 16
@@ -20,7 +23,8 @@ OTHER = "b" * 16
 
 def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).random((n, d)).astype(np.float32) + 0.01
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def _filled(n: int = 50, index: str = "auto", eviction: str = "slru", seed: int = 0) -> SemanticCache:
@@ -30,7 +34,7 @@ def _filled(n: int = 50, index: str = "auto", eviction: str = "slru", seed: int 
         if i % 7 == 0:
             c.lookup(v, FP if i % 4 else OTHER, float(i) + 0.5)
     c.merge(
-        [cache_module.CacheEntry(_vectors(1, seed=99)[0], 3, 0.9, FP, b"p" * 16, 12, 1.0)],
+        [CacheEntry(_vectors(1, seed=99)[0], 3, 0.9, FP, b"p" * 16, 12, 1.0)],
         FP,
         60.0,
     )
@@ -38,7 +42,7 @@ def _filled(n: int = 50, index: str = "auto", eviction: str = "slru", seed: int 
 
 
 def _answers(c: SemanticCache, vecs: np.ndarray) -> list[tuple[str, object]]:
-    out = []
+    out: list[tuple[str, object]] = []
     for v in vecs:
         for fp in (FP, OTHER):
             r = c.lookup(v, fp, 1000.0)
@@ -203,12 +207,12 @@ def test_consistent_digest_but_bad_payload_is_malformed() -> None:
     import msgpack
 
     def sealed(payload: object) -> bytes:
-        body = msgpack.packb(payload, use_bin_type=True)
+        body: bytes = msgpack.packb(payload, use_bin_type=True)
         head = struct.pack(">8sIQ", b"CCIEDSC\x00", FORMAT_VERSION, len(body))
         return head + body + hashlib.blake2b(head + body, digest_size=32).digest()
 
     good = msgpack.unpackb(_filled().to_bytes()[20:-32])
-    for mutate in (
+    mutations: tuple[Callable[[Any], object], ...] = (
         lambda p: p.pop("entries"),
         lambda p: p["entries"].update(n=p["entries"]["n"] + 1),
         lambda p: p["entries"].update(label=b"\x00" * 3),
@@ -216,7 +220,8 @@ def test_consistent_digest_but_bad_payload_is_malformed() -> None:
         lambda p: p["params"].update(reducer={"name": "x"}),
         lambda p: p["buckets"][0].update(dim=3),
         lambda p: p.update(format=99),
-    ):
+    )
+    for mutate in mutations:
         payload = msgpack.unpackb(msgpack.packb(good))
         mutate(payload)
         with pytest.raises(CodecError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from ccied_p2p import models
 from ccied_p2p.cache import GridPool, Hit, SemanticCache
 from ccied_p2p.datasets import Dataset
-from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
+from ccied_p2p.workloads import CameraParams, StreamItem, camera_stream, collect, control_stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.weights("vgg/fashion-mnist@0.75")]
 
@@ -21,7 +23,7 @@ def streams(fashion: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
     reducer = GridPool(2, channels=np.flatnonzero(split.channel_mask.numpy()).tolist())
     params = CameraParams(pool_size=500, zipf_s=1.0)
     out = {}
-    sources = {
+    sources: dict[str, Iterator[StreamItem] | list[StreamItem]] = {
         f"cam{s}": camera_stream(fashion.test_images, fashion.test_labels, 3000, params, s) for s in (0, 1, 2)
     }
     sources["control"] = control_stream(fashion.test_images, fashion.test_labels, seed=0, limit=4000)
@@ -54,7 +56,7 @@ def _serve(
 
 
 def test_calibrated_on_two_cameras_and_novel_images_holds_on_a_third_and_on_the_control(
-    streams: dict,
+    streams: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
 ) -> None:
     # Calibrated on the two cameras alone, the cache cost 0.80 pp on the control images: their many easy
     # repeats dominate the pooled false-hit estimate. A stream of novel images is what presets.calibrate adds.

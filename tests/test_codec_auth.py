@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccied_p2p.codec import auth
 from ccied_p2p.codec.auth import (
     NONCE_BYTES,
     SEAL_OVERHEAD,
@@ -153,7 +152,7 @@ def test_proof_comparison_is_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module auth calls
     i, r = pair
     verify_proof(SECRET, Role.INITIATOR, i, r, compute_proof(SECRET, Role.INITIATOR, i, r))
     assert any(len(a) == 32 for a, _ in calls)  # type: ignore[arg-type]
@@ -329,7 +328,7 @@ def test_the_sealed_hello_must_repeat_the_clear_one() -> None:
         {"protocol": 2},
     ):
         with pytest.raises(AuthenticationError, match="contradicts"):
-            check_identity(clear, dataclasses.replace(ALICE, **change))  # type: ignore[arg-type]
+            check_identity(clear, dataclasses.replace(ALICE, **change))
     with pytest.raises(AuthenticationError, match="sealed Hello first"):
         check_identity(clear, Ping(seq=0))
 

@@ -67,7 +67,7 @@ ID = bytes(range(16))
 
 
 def _frame(mtype: type[Message], fields: list[object], blobs: tuple[bytes, ...] = ()) -> bytes:
-    meta = msgpack.packb(fields, use_bin_type=True)
+    meta: bytes = msgpack.packb(fields, use_bin_type=True)
     out = struct.pack("<BBHI", 1, MESSAGE_TYPES[mtype], len(blobs), len(meta)) + meta
     return out + b"".join(struct.pack("<I", len(b)) + b for b in blobs)
 
@@ -196,7 +196,7 @@ def test_a_message_encodes_under_limits_exactly_when_it_decodes_under_them(limit
 def test_limits_below_what_any_message_needs_are_refused() -> None:
     for field, value in [("max_items", 8), ("max_bytes_len", 15), ("max_elements", 0), ("max_tensors", -1)]:
         with pytest.raises(ConfigError, match=field):
-            Limits(**{field: value})  # type: ignore[arg-type]
+            Limits(**{field: value})
 
 
 # -- two-step decoding ---------------------------------------------------------------------------------------

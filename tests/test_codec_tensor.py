@@ -210,7 +210,7 @@ def test_float64_beyond_float32_range_is_refused(name: str) -> None:
 
 def test_non_float_and_non_array_inputs_are_refused() -> None:
     with pytest.raises(EncodeError, match="floating-point"):
-        encode_tensor(np.arange(4), "dense-f32")
+        encode_tensor(np.arange(4), "dense-f32")  # type: ignore[arg-type]
     with pytest.raises(EncodeError, match="numpy array"):
         encode_tensor([1.0, 2.0], "dense-f32")  # type: ignore[arg-type]
 

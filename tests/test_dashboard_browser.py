@@ -18,13 +18,13 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ccied_p2p import datasets
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.split import SplitModel
+from ccied_p2p.testing.wait import until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -55,14 +55,6 @@ def _skip_reason() -> str | None:
     return None
 
 
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
 async def _serve_child(name: str, seed: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "CCIED_SECRET": SECRET}
     proc = await asyncio.create_subprocess_exec(
@@ -90,7 +82,7 @@ async def cluster(split: SplitModel) -> AsyncIterator[tuple[Node, asyncio.subpro
     ):
         child = await _serve_child("c", a.address)
         try:
-            await _until(
+            await until(
                 lambda: (
                     len(a.links) == 2
                     and {m.name: m.state.value for m in a.peers.values()} == {"b": "alive", "c": "alive"}

@@ -40,6 +40,7 @@ from ccied_p2p.runtime.discovery import (
     browse_once,
     service_name_for,
 )
+from ccied_p2p.testing.wait import until
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -66,15 +67,6 @@ async def wait_event(
             if pred(event):
                 return event
     raise AssertionError("discovery closed before the event came")
-
-
-async def eventually(pred: Callable[[], bool], within: float = 3.0, step: float = 0.01) -> None:
-    """Poll a condition that has no event to wait on, bounded in count and time."""
-    for _ in range(int(within / step)):
-        if pred():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not met within {within} s")
 
 
 def logged(caplog: pytest.LogCaptureFixture, *parts: str) -> Callable[[], bool]:
@@ -332,7 +324,7 @@ async def test_malformed_txt_is_logged_and_ignored(caplog: pytest.LogCaptureFixt
             await raw.register(info)
         control_id = bytes.fromhex(control.properties[b"node_id"].decode())  # type: ignore[union-attr]
         await wait_event(d, found(control_id))
-        await eventually(lambda: all(logged(caplog, info.name)() for info in infos.values()))
+        await until(lambda: all(logged(caplog, info.name)() for info in infos.values()), 3.0)
         bad_names = {info.name for info in infos.values()}
         assert not bad_names & {p.service_name for p in d.peers.values()}
         assert d.peers[control_id].name == "control"
@@ -354,7 +346,7 @@ async def test_own_record_and_claims_of_own_id_are_ignored(caplog: pytest.LogCap
         # The watcher finding `me` proves the record was on the wire where `d` could see it too.
         await wait_event(watcher, found(me.node_id))
         await raw.register(spoof)
-        await eventually(logged(caplog, spoof.name, "this node's id"))
+        await until(logged(caplog, spoof.name, "this node's id"), 3.0)
         assert me.node_id not in d.peers
         assert me.node_id in watcher.peers
         assert watcher.peers[me.node_id].service_name == d.service_name
@@ -386,8 +378,8 @@ async def test_exit_leaves_no_task_browser_or_zeroconf() -> None:
             aiozc, browser = d._aiozc, d._browser
             assert aiozc is not None
             assert browser is not None
-            await eventually(
-                lambda: any(t.get_name().startswith("ccied-discovery-resolve") for t in other_tasks())
+            await until(
+                lambda: any(t.get_name().startswith("ccied-discovery-resolve") for t in other_tasks()), 3.0
             )
             t0 = time.perf_counter()
         exit_s = time.perf_counter() - t0

@@ -52,6 +52,7 @@ from ccied_p2p.errors import CodecError
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
+from ccied_p2p.testing.wait import until
 
 pytestmark = pytest.mark.network
 
@@ -151,14 +152,6 @@ CLOSED = (
 )
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 async def _outcome(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.5) -> str:
     """``closed`` if the node closed the connection, else ``open`` (after answering or ignoring)."""
     deadline = time.monotonic() + wait
@@ -187,7 +180,7 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
             split, NodeConfig(name="good", secret=SECRET, mdns=False, seeds=[srv.address], cache=False)
         ) as good,
     ):
-        await _until(lambda: bool(good.links))
+        await until(lambda: bool(good.links))
         good.config.local_tail_ms = 1000.0  # the good peer's own tail looks slow: every request goes to srv
         x = data.test_x[:200]
         want = split(x).argmax(1).tolist()
@@ -309,7 +302,7 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
         async with Node(
             split, NodeConfig(name="late", secret=SECRET, mdns=False, seeds=[srv.address])
         ) as late:
-            await _until(lambda: bool(late.links))
+            await until(lambda: bool(late.links))
             late.config.local_tail_ms = 1000.0
             results = await late.infer(x[:20], concurrency=4)
             assert isinstance(results, list)

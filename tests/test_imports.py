@@ -18,6 +18,8 @@ PURE = (
     "ccied_p2p.cache",
     "ccied_p2p.scheduler",
     "ccied_p2p.strategy",
+    "ccied_p2p.planner",
+    "ccied_p2p.profile",
     "ccied_p2p.workloads",
     "ccied_p2p.errors",
 )

@@ -11,12 +11,9 @@ a miss on the secure cluster means the bytes are not there, not that the search 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,6 +30,7 @@ from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.relay import Capture, Relay
+from ccied_p2p.testing.wait import until
 
 pytestmark = pytest.mark.network
 
@@ -40,14 +38,6 @@ SECRET = "test-secret-0123456789"
 ALICE, BOB, CAROL = "alice-cam-3f9c1e", "bob-cam-8a27d4", "carol-cam-51be06"
 REQUESTS = 8
 ENCODING = "sparse-f16-lz4"
-
-
-async def _until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def _ws_payloads(stream: bytes) -> list[tuple[int, bytes]]:
@@ -105,16 +95,16 @@ async def _eavesdrop(split: SplitModel, data: datasets.Dataset, *, secure: bool)
             split, config(BOB, seeds=[tap.address], cache=False, local_tail_ms=1000.0, request_timeout=20.0)
         ) as bob,
     ):
-        await _until(lambda: bob.links)
+        await until(lambda: bob.links)
         results = await bob.infer(x, concurrency=1)
         assert isinstance(results, list)
         assert [r.source for r in results] == [f"peer:{ALICE}"] * REQUESTS
         assert [r.label for r in results] == split(x).argmax(1).tolist()
         async with Node(split, config(CAROL, seeds=[alice.address])) as carol:
-            await _until(lambda: CAROL in bob.peers and carol.links)
+            await until(lambda: CAROL in bob.peers and carol.links)
             # Let the gossip that told Bob about Carol (and more rounds of it) cross the link.
             seen = len(_ws_payloads(bytes(tap.captures[0].down)))
-            await _until(lambda: len(_ws_payloads(bytes(tap.captures[0].down))) >= seen + 5)
+            await until(lambda: len(_ws_payloads(bytes(tap.captures[0].down))) >= seen + 5)
     assert len(tap.captures) == 1
     assert tap.stats.bytes_up > REQUESTS * 100
     acts = [split.head(x[k : k + 1]).numpy() for k in range(REQUESTS)]
@@ -184,5 +174,5 @@ async def test_a_sealed_hello_that_contradicts_the_clear_one_is_refused(split: S
         await ws.send_bytes(sealer.seal(encode_message(dataclasses.replace(me, port=2))))
         refusal = await ws.receive(timeout=5)
         assert isinstance(decode_message(refusal.data), ErrorMessage)
-        await _until(lambda: srv.counters.auth_failures == 1)
+        await until(lambda: srv.counters.auth_failures == 1)
         assert not srv.links

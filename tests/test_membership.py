@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -358,5 +359,5 @@ def test_quick_config_detects_in_well_under_a_second() -> None:
         assert net.now - start < 0.6
 
 
-def _fields(m: MemberUpdate) -> dict[str, object]:
+def _fields(m: MemberUpdate) -> dict[str, Any]:
     return {name: getattr(m, name) for name in MemberUpdate.__dataclass_fields__}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ccied_p2p import datasets, models, workloads
+from ccied_p2p import datasets, models, training, workloads
 from ccied_p2p.errors import ConfigError
 
 
@@ -54,7 +54,7 @@ def test_shift_augmentation_moves_pixels() -> None:
     x = torch.zeros(4, 1, 28, 28)
     x[:, :, 14, 14] = 1.0
     gen = torch.Generator().manual_seed(1)
-    out = models._random_shift(x, 2, gen)
+    out = training._random_shift(x, 2, gen)
     assert out.shape == x.shape
     assert torch.all(out.sum(dim=(1, 2, 3)) == 1.0)  # the bright pixel survives, moved by up to 2 px
     pos = [np.unravel_index(int(o.argmax()), (28, 28)) for o in out[:, 0]]

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import signal
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -23,6 +22,7 @@ from ccied_p2p.presets import calibrate
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION
 from ccied_p2p.split import SplitModel
+from ccied_p2p.testing.wait import until as _until
 from ccied_p2p.workloads import camera_stream
 
 SECRET = "test-secret-0123456789"
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.network
 
 def _config(name: str, **kw: object) -> NodeConfig:
     return NodeConfig(name=name, secret=SECRET, mdns=False, **kw)  # type: ignore[arg-type]
-
-
-async def _until(cond: object, timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 def _other_tasks() -> list[str]:

@@ -33,6 +33,7 @@ from ccied_p2p.observe_cli import collect, dashboard, render_status
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.observe import OBSERVER_KEY, check_access, read_token
 from ccied_p2p.split import SplitModel
+from ccied_p2p.testing.wait import until
 
 SECRET = "test-secret-0123456789"
 pytestmark = pytest.mark.network
@@ -40,14 +41,6 @@ pytestmark = pytest.mark.network
 
 def _config(name: str, **kw: Any) -> NodeConfig:
     return NodeConfig(name=name, secret=SECRET, mdns=False, **kw)
-
-
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -60,7 +53,7 @@ async def trio(split: SplitModel) -> AsyncIterator[tuple[Node, Node, Node]]:
         nodes = (a, b, c)
         for n in nodes:  # a nearest-neighbour cache: the same input again is a hit, whatever the defaults
             n.cache.k, n.cache.votes, n.cache.threshold = 1, 1, 0.004
-        await _until(
+        await until(
             lambda: (
                 len(a.links) == 2
                 and all(
@@ -292,13 +285,13 @@ async def test_a_killed_peer_turns_dead_in_status_and_metrics(split: SplitModel)
             async with asyncio.timeout(120):
                 while not (await child.stdout.readline()).startswith(b"READY"):
                     pass
-            await _until(lambda: "victim" in node.peers and node.peers["victim"].state.value == "alive", 10)
+            await until(lambda: "victim" in node.peers and node.peers["victim"].state.value == "alive", 10)
             # Byte counters of a link are sampled every gossip round (< 0.25 s) unless the node reports
             # links as they open and close (Observer.on_link_opened/closed): let one round see it.
-            await _until(lambda: "victim" in node.app[OBSERVER_KEY].traffic(), 2)
+            await until(lambda: "victim" in node.app[OBSERVER_KEY].traffic(), 2)
             child.kill()  # SIGKILL: no leave, no goodbye; only gossip can tell
             await child.wait()
-            await _until(lambda: node.peers["victim"].state.value == "dead", 10)
+            await until(lambda: node.peers["victim"].state.value == "dead", 10)
             async with aiohttp.ClientSession() as session:
                 st = json.loads((await _get(session, node, "/status"))[2])
                 m = _samples((await _get(session, node, "/metrics"))[2])

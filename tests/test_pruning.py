@@ -51,6 +51,7 @@ def test_only_the_split_layer_changes_and_pruned_channels_are_zero() -> None:
     assert torch.any(act[:, mask] != 0)
     assert pruned.fingerprint != split.fingerprint
     w = pruned.head_module.get_submodule("features.4").weight
+    assert isinstance(w, torch.Tensor)
     assert torch.all(w[~mask] == 0)
     # Permanent: no pruning re-parametrisation left behind.
     assert not hasattr(pruned.head_module.get_submodule("features.4"), "weight_orig")
@@ -59,6 +60,7 @@ def test_only_the_split_layer_changes_and_pruned_channels_are_zero() -> None:
 def test_unstructured_option_keeps_all_channels() -> None:
     pruned = prune_split_layer(_vgg_split(), amount=0.5, structured=False)
     w = pruned.head_module.get_submodule("features.4").weight
+    assert isinstance(w, torch.Tensor)
     assert abs(float((w == 0).float().mean()) - 0.5) < 0.01
     assert pruned.channel_mask is not None
     assert bool(pruned.channel_mask.all())

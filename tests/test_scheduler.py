@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -226,5 +227,5 @@ def test_candidate_from_member() -> None:
     assert not eligible(Request(FP, 10), bare, NOW)  # suspects are not sent work
 
 
-def _fields(c: Candidate) -> dict[str, object]:
+def _fields(c: Candidate) -> dict[str, Any]:
     return {name: getattr(c, name) for name in Candidate.__dataclass_fields__}

@@ -14,7 +14,6 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +24,7 @@ from ccied_p2p.logs import RateLimitedLog
 from ccied_p2p.runtime.guard import ACCEPT_STORM_MESSAGE, AcceptStormFilter, address_key
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.split import SplitModel
+from ccied_p2p.testing.wait import until
 
 SECRET = "test-secret-0123456789"
 ATTACKERS = 1100
@@ -126,12 +126,6 @@ async def _start_victim(log_path: Path, *extra: str) -> tuple[asyncio.subprocess
                 return proc, line.split()[1]
 
 
-async def _until(cond: Callable[[], bool], limit: float) -> None:
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 (state of other tasks and another process, no event to wait on)
-            await asyncio.sleep(0.05)
-
-
 def _metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
@@ -206,7 +200,7 @@ async def test_trickling_heads_are_closed_and_everyone_else_gets_in(
                 join_s = time.monotonic() - t0
                 assert any(link.peer.name == "victim" for link in late.links.values())
 
-            await _until(lambda: len(closed) == ATTACKERS, HEADER_TIMEOUT * 10 + 10)
+            await until(lambda: len(closed) == ATTACKERS, HEADER_TIMEOUT * 10 + 10)
             stop.set()
 
         async with (
@@ -413,12 +407,12 @@ async def test_an_oversized_frame_on_a_link_is_logged(
     split: SplitModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Node(split, _config("a")) as a, Node(split, _config("b", seeds=[a.address])) as b:
-        await _until(lambda: bool(a.links and b.links), 10)
+        await until(lambda: bool(a.links and b.links), 10)
         (link,) = b.links.values()
         with caplog.at_level(logging.WARNING, logger="ccied_p2p.runtime.node"):
             with contextlib.suppress(ConnectionError):
                 await link.ws.send_bytes(b"\0" * (a.config.limits.max_frame_bytes + 1024))
-            await _until(lambda: not a.links, 10)
+            await until(lambda: not a.links, 10)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing link to b")]
     assert len(lines) == 1
     assert "size" in lines[0].lower()

@@ -18,6 +18,8 @@ def _untrained(name: str) -> nn.Module:
     # Non-trivial BatchNorm statistics so that a wrong cut would show.
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
+            assert mod.running_mean is not None
+            assert mod.running_var is not None
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
     return m.eval()
@@ -62,7 +64,8 @@ class _Skip(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.a(x)
-        return self.b(y) + x
+        out: torch.Tensor = self.b(y) + x
+        return out
 
 
 def test_cut_across_a_skip_is_refused() -> None:
@@ -116,7 +119,9 @@ def test_fingerprint_changes_with_weights_split_and_mask() -> None:
     b.refresh_fingerprint()
     assert b.fingerprint != a.fingerprint
     with torch.no_grad():
-        net.classifier[1].weight[0, 0] += 1e-3
+        weight = net.get_submodule("classifier.1").weight
+        assert isinstance(weight, torch.Tensor)
+        weight[0, 0] += 1e-3
     assert SplitModel.from_module(net, split_at="features.3", example_input=x).fingerprint != a.fingerprint
 
 

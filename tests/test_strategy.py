@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -39,7 +40,7 @@ def regime(
     activation: dict[str, int] | None = None,
     peers: int = 1,
 ) -> Situation:
-    link = {"bandwidth": mbit * MBIT, "rtt_s": rtt_ms / 1000}
+    link: dict[str, Any] = {"bandwidth": mbit * MBIT, "rtt_s": rtt_ms / 1000}
     return Situation(
         device=FULL.scaled(SLOWDOWN[quota]),
         peers=tuple(Peer(f"peer{i}", FULL, **link) for i in range(peers)),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ccied_p2p.bench.cache import Stream, _evaluate
+from ccied_p2p.bench.cache_eval import Stream, _evaluate
 from ccied_p2p.cache import GridPool, SemanticCache
 
 __all__ = ["WORKLOADS", "clopper_pearson_upper", "render", "run"]

@@ -9,6 +9,8 @@
 - ``local_cluster`` (:mod:`ccied_p2p.testing.pytest_plugin`): the pytest fixture factory; enable it with
   ``pytest_plugins = ["ccied_p2p.testing.pytest_plugin"]`` in a top-level conftest.
 - :mod:`ccied_p2p.testing.netns`: optional real network namespaces (root and ``ip netns``) with ``tc tbf``.
+- :func:`~ccied_p2p.testing.wait.until` (:mod:`ccied_p2p.testing.wait`): wait for a condition that has no
+  event, re-checked whenever the event loop goes idle after activity (no polling period).
 
 Example::
 

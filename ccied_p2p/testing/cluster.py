@@ -22,7 +22,6 @@ and :meth:`LocalCluster.wait_converged` compare what every node believes with wh
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -35,27 +34,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from ccied_p2p.codec.messages import MemberState
 from ccied_p2p.errors import ConfigError, LocalError
-from ccied_p2p.gossip.membership import MemberEvent, MembershipConfig
+from ccied_p2p.gossip.membership import MembershipConfig
 from ccied_p2p.presets import CacheSettings
-from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig, NodeObserver
+from ccied_p2p.runtime.node import Node, NodeConfig, NodeObserver
 from ccied_p2p.runtime.quota import CpuQuota, QuotaSpec
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.linkmodel import LinkSpec
 from ccied_p2p.testing.netns import NetnsLab, unavailable
+from ccied_p2p.testing.nodes import Mode, NodeHandle, Sighting, _Watcher
 from ccied_p2p.testing.relay import Network, Relay
 
 __all__ = ["LocalCluster", "Mode", "NodeHandle", "Sighting", "abort_node"]
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["inprocess", "subprocess"]
 
 _LOG_EVENT = re.compile(
     r"\[(?P<observer>[^\]]+)\] member (?P<member>\S+)(?: (?P<id>[0-9a-f]{8,32}))? "
@@ -73,124 +70,9 @@ _NETNS_PORT = 7700  # every namespace has its own port space
 _RANK = {MemberState.ALIVE: 0, MemberState.SUSPECT: 1, MemberState.DEAD: 2, MemberState.LEFT: 3}
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """One membership event as a node reported it; ``at`` is this process's ``time.monotonic()``."""
-
-    at: float
-    observer: str
-    member: str
-    kind: str  # joined | suspected | alive | dead | left | updated
-    member_id: str | None = None  # hex node id, when the reporter says it
-
-
-@dataclass
-class NodeHandle:
-    """One slot of the cluster: where node ``index`` lives and what runs there now."""
-
-    index: int
-    name: str
-    mode: Mode
-    host: str  # the address the node binds (and dials from)
-    port: int
-    relay_host: str | None = None  # its ingress relay, when links are emulated (same port)
-    node: Node | None = None  # in-process only
-    process: asyncio.subprocess.Process | None = None  # subprocess only
-    node_id: str | None = None  # hex id of the current run, when known
-    generation: int = 0  # how many times it was started
-    killed_at: float | None = None  # monotonic time of the last kill
-    log_path: Path | None = None  # subprocess stderr
-    cpu_quota: float | None = None  # fraction of one core its process runs on (subprocess only)
-    quota: CpuQuota | None = None  # the cgroup holding the current process, while it runs
-    _readers: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
-
-    @property
-    def running(self) -> bool:
-        if self.mode == "inprocess":
-            return self.node is not None
-        return self.process is not None and self.process.returncode is None
-
-    @property
-    def address(self) -> str:
-        """The ``host:port`` other nodes dial (the relay's, when links are emulated)."""
-        return f"{self.relay_host or self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-
-class _Watcher:
-    """A NodeObserver that records membership events as sightings."""
-
-    def __init__(self, sink: list[Sighting]) -> None:
-        self._sink = sink
-
-    def on_member(self, node: Node, event: MemberEvent) -> None:
-        m = event.member
-        self._sink.append(
-            Sighting(time.monotonic(), node.config.name, m.name, event.kind.value, m.node_id.hex())
-        )
-
-    def on_result(self, node: Node, result: InferenceResult) -> None:
-        return None
-
-    def on_failure(self, node: Node, error: BaseException) -> None:
-        return None
-
-    def on_served(self, node: Node, count: int, tail_s: float) -> None:
-        return None
-
-    def on_auth_failure(self, node: Node, peer: str, reason: str) -> None:
-        return None
-
-    def on_gossip_round(self, node: Node) -> None:
-        return None
-
-    def on_link_opened(self, node: Node, link: Any) -> None:
-        return None
-
-    def on_link_closed(self, node: Node, link: Any) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        # Observer hooks added to the runtime later are ignored rather than breaking the harness.
-        if name.startswith("on_"):
-            return lambda *args: None
-        raise AttributeError(name)
-
-
 async def abort_node(node: Node) -> None:
-    """Stop ``node`` as a crash would: no Leave; peers see its connections drop; every task ends.
-
-    Uses ``Node.abort()`` when the runtime has one; otherwise shuts each link's socket (the peer reads
-    EOF, as after SIGKILL), silences the goodbye and lets :meth:`Node.close` release the rest.
-    """
-    abort = getattr(node, "abort", None)
-    if callable(abort):
-        await abort()
-        return
-    for link in list(node.links.values()):
-        sock = link.ws.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-    if hasattr(node, "membership"):
-        setattr(node.membership, "leave", lambda now: [])  # noqa: B010  (a crash says no goodbye)
-    await node.close()
-
-
-@cache
-def _serve_flags() -> frozenset[str]:
-    """The options ``ccied-p2p serve`` accepts in this checkout (the harness uses optional ones if present)."""
-    from ccied_p2p.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            serve = action.choices["serve"]
-            return frozenset(opt for a in serve._actions for opt in a.option_strings)
-    return frozenset()
+    """Stop ``node`` as a crash would (:meth:`Node.abort`): no Leave; peers see its connections drop."""
+    await node.abort()
 
 
 def _free_port(host: str) -> int:
@@ -300,7 +182,6 @@ class LocalCluster:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._started = False
         self._closed = False
-        self._check_subprocess_support()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,8 +231,10 @@ class LocalCluster:
             self.heal()
         for h in self.nodes:
             if h.node is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await h.node.close()
+                except Exception:  # one node failing to close must not leave the others running
+                    log.warning("closing %s failed", h.name, exc_info=True)
                 h.node = None
         await asyncio.gather(*(self._stop_process(h) for h in self.nodes if h.process is not None))
         for h in self.nodes:
@@ -588,20 +471,6 @@ class LocalCluster:
     def _seeds(self, h: NodeHandle) -> tuple[str, ...]:
         return tuple(o.address for o in self.nodes if o is not h)
 
-    def _check_subprocess_support(self) -> None:
-        if not any(h.mode == "subprocess" for h in self.nodes):
-            return
-        flags = _serve_flags()
-        if self.network is not None and "--advertise-host" not in flags:
-            raise ConfigError(
-                "subprocess nodes behind emulated links need `ccied-p2p serve --advertise-host`; "
-                "use mode='inprocess' for those nodes"
-            )
-        if self.membership != MembershipConfig() and "--membership" not in flags:
-            raise ConfigError(
-                "subprocess nodes use the default membership timings (`ccied-p2p serve` has no --membership)"
-            )
-
     async def _start_node(self, h: NodeHandle) -> None:
         h.generation += 1
         if h.mode == "inprocess":
@@ -633,21 +502,21 @@ class LocalCluster:
         h.node_id = node.node_id.hex()
 
     def _serve_args(self, h: NodeHandle) -> list[str]:
-        args = [
-            "--log-level", "INFO", "serve",
-            "--model", self.model, "--data", self.data_name, "--amount", repr(self.amount),
-            "--name", h.name, "--no-mdns", "--host", h.host, "--port", str(h.port),
-            "--seeds", ",".join(self._seeds(h)),
-        ]  # fmt: skip
-        if h.relay_host is not None:
-            args += ["--advertise-host", h.relay_host]
-        if self.membership != MembershipConfig():
-            args += ["--membership", "quick"]
-        if self.cache_settings is not None:
-            args += self.cache_settings.as_args()
-        if h.cpu_quota is not None:
-            args += ["--cpu-quota", repr(h.cpu_quota)]  # reported in /status; the group is ours
-        return args
+        from ccied_p2p.launch import serve_argv
+
+        return serve_argv(
+            model=self.model,
+            data=self.data_name,
+            amount=self.amount,
+            name=h.name,
+            host=h.host,
+            port=h.port,
+            seeds=self._seeds(h),
+            advertise_host=h.relay_host,
+            quick_membership=self.membership != MembershipConfig(),
+            cpu_quota=h.cpu_quota,  # reported in /status; the group is ours
+            extra=self.cache_settings.as_args() if self.cache_settings is not None else (),
+        )
 
     async def _start_subprocess(self, h: NodeHandle) -> None:
         assert self._tmp is not None
