@@ -751,9 +751,13 @@ class Node:
         raise ConfigError(f"expected an input shaped {expected} or (N, *{expected}), got {tuple(t.shape)}")
 
     async def _infer_one(self, x: torch.Tensor) -> InferenceResult:
+        return await self._counted(self._infer_steps(x))
+
+    async def _counted(self, steps: Awaitable[InferenceResult]) -> InferenceResult:
+        """Run one request's steps, counting and reporting its result or its failure."""
         try:
             with bind_node(self.config.name):
-                result = await self._infer_steps(x)
+                result = await steps
         except Exception as exc:
             self.counters.failed += 1
             self._notify("on_failure", exc)
@@ -961,16 +965,7 @@ class Node:
         among them, so only a local failure fails the request. ``only``: try just that strategy first
         (a fixed strategy, for comparisons), then fall back to local.
         """
-        try:
-            with bind_node(self.config.name):
-                result = await self._frame_steps(frame, only)
-        except Exception as exc:
-            self.counters.failed += 1
-            self._notify("on_failure", exc)
-            raise
-        self.counters.record(result)
-        self._notify("on_result", result)
-        return result
+        return await self._counted(self._frame_steps(frame, only))
 
     async def _frame_steps(self, frame: Any, only: Strategy | None) -> InferenceResult:
         t0 = time.perf_counter()
