@@ -21,7 +21,13 @@ import pytest
 
 from ccied_p2p.demo import READY, stop_serve_process
 from ccied_p2p.logs import RateLimitedLog
-from ccied_p2p.runtime.guard import ACCEPT_STORM_MESSAGE, AcceptStormFilter, address_key
+from ccied_p2p.runtime.guard import (
+    ACCEPT_STORM_MESSAGE,
+    AcceptStormFilter,
+    ConnectionGuard,
+    GuardLimits,
+    address_key,
+)
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.wait import until
@@ -416,3 +422,37 @@ async def test_an_oversized_frame_on_a_link_is_logged(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing link to b")]
     assert len(lines) == 1
     assert "size" in lines[0].lower()
+
+
+class _Transport(asyncio.Transport):
+    """Just enough of a socket transport for the guard's bookkeeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_connection_accepted_after_the_guard_closed_is_aborted_not_handed_on() -> None:
+    """The race chaos testing hit: a connection in asyncio's accept path when the server stopped reached the
+    stopped aiohttp server and its socket leaked. After close() the guard aborts it and builds no handler."""
+    built: list[asyncio.Protocol] = []
+
+    def factory() -> asyncio.Protocol:
+        built.append(asyncio.Protocol())
+        return built[-1]
+
+    guard = ConnectionGuard(GuardLimits(3.0, 60.0, 8, 8))
+    early, late = _Transport(), _Transport()
+    guard.protocol_factory(factory)().connection_made(early)
+    assert (guard.open, len(built), early.aborted) == (1, 1, False)
+    guard.close()
+    assert early.aborted
+    guard.protocol_factory(factory)().connection_made(late)
+    assert late.aborted
+    assert (guard.open, len(built)) == (0, 1)

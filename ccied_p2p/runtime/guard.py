@@ -194,6 +194,7 @@ class ConnectionGuard:
         self._conns: set[_Conn] = set()
         self._evictable: OrderedDict[_Conn, None] = OrderedDict()
         self._evictable_by: dict[str, OrderedDict[_Conn, None]] = {}
+        self._closed = False
 
     def protocol_factory(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """Wrap a server's protocol factory (aiohttp's ``web.Server``) so every connection is guarded."""
@@ -228,7 +229,10 @@ class ConnectionGuard:
         }
 
     def close(self) -> None:
-        """Abort every connection still held (after the server stopped) and drop the timers."""
+        """Abort every connection still held (after the server stopped) and drop the timers; refuse any
+        connection accepted after this (one already in asyncio's accept path when the server closed would
+        otherwise reach a stopped aiohttp server and leak its socket)."""
+        self._closed = True
         for conn in list(self._conns):
             self._release(conn)
             if conn.transport is not None:
@@ -237,6 +241,8 @@ class ConnectionGuard:
     # ------------------------------------------------------------------ state changes
 
     def _admit(self, conn: _Conn) -> bool:
+        if self._closed:
+            return False
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         assert conn.transport is not None
