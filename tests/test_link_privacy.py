@@ -134,16 +134,18 @@ async def test_a_recording_relay_sees_no_activation_label_or_name(
     # Control: without a secret everything travels in clear, and the search finds every kind of needle.
     clear = await _eavesdrop(split, data, secure=False)
     found = _found(split, clear)
+    # Raw fp16 values show in clear only where lz4 left them as literals, which depends on the trained
+    # weights (seen: 8 of 8 with one training, 0 with another); the lz4 blob itself is always there.
+    assert 0 <= found.pop("activation fp16 values") <= REQUESTS
     assert found == {
         "activation lz4 blob": REQUESTS,
-        "activation fp16 values": REQUESTS,
         "label and confidence": REQUESTS,
         "member names": 3,
         "model fingerprint": 1,
     }, found
 
     sealed = await _eavesdrop(split, data, secure=True)
-    assert _found(split, sealed) == dict.fromkeys(found, 0)
+    assert _found(split, sealed) == dict.fromkeys([*found, "activation fp16 values"], 0)
     # What the eavesdropper does see before the keys exist: hellos without names or fingerprints.
     up, down = (_ws_payloads(bytes(s)) for s in (sealed.captures[0].up, sealed.captures[0].down))
     hellos = [decode_message(up[0][1]), decode_message(down[0][1])]
