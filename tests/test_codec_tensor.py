@@ -40,6 +40,7 @@ NAMES = sorted(ENCODINGS)
 F32 = [n for n in NAMES if "-f32" in n]
 F16 = [n for n in NAMES if "-f16" in n]
 I8 = [n for n in NAMES if "-i8" in n]
+I4 = [n for n in NAMES if "-i4" in n]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -83,7 +84,9 @@ def check_bound(name: str, x: npt.NDArray[np.float32], y: npt.NDArray[np.float32
     elif "-f16" in name:
         assert np.all(err <= np.maximum(np.abs(x) * 2.0**-11, 2.0**-25))
     else:
-        assert np.all(err <= channel_amax(x).astype(np.float64) / 254 * (1 + 2.0**-10) + 2.0**-126)
+        levels = 7 if "-i4" in name else 127
+        bound = channel_amax(x).astype(np.float64) / (2 * levels) * (1 + 2.0**-10) + 2.0**-126
+        assert np.all(err <= bound)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -125,12 +128,14 @@ def test_sparse_size_matches_layout() -> None:
     assert len(encode_tensor(x, "sparse-f32")) == header + body + 4 * nnz
     assert len(encode_tensor(x, "sparse-f16")) == header + body + 2 * nnz
     assert len(encode_tensor(x, "sparse-i8")) == header + body + 4 * k + nnz
+    assert len(encode_tensor(x, "sparse-i4")) == header + body + 4 * k + (nnz + 1) // 2
+    assert len(encode_tensor(x, "dense-i4")) == header + 4 * c + (x.size + 1) // 2
     assert len(encode_tensor(x, "dense-f32")) == header + 4 * x.size
 
 
 def test_names_ids_and_registry() -> None:
-    assert len(ENCODINGS) == 12
-    assert len({e.code for e in ENCODINGS.values()}) == 12
+    assert len(ENCODINGS) == 16
+    assert len({e.code for e in ENCODINGS.values()}) == 16
     for name, enc in ENCODINGS.items():
         assert enc.name == name
         assert get_encoding(name) is enc
@@ -229,18 +234,45 @@ def test_non_finite_values_are_refused_on_decode(bad: float) -> None:
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, np.nan, np.inf, 3e38])
-def test_int8_scales_must_be_positive_and_keep_values_finite(scale: float) -> None:
-    body = np.array([scale], "<f4").tobytes() + np.array([1, 127], np.int8).tobytes()
+@pytest.mark.parametrize(("kind", "values"), [("i8", np.array([1, 127], np.int8).tobytes()), ("i4", b"\x71")])
+def test_int_scales_must_be_positive_and_keep_values_finite(scale: float, kind: str, values: bytes) -> None:
+    if kind == "i4" and scale == 3e38:
+        scale = 1e38  # 7 x 1e38 overflows float32; 1e38 is fine for i8, so this is i4's own limit
+    body = np.array([scale], "<f4").tobytes() + values
     with pytest.raises(MalformedError, match="scale"):
-        decode_tensor(_dense_blob("dense-i8", (1, 1, 2), body))
+        decode_tensor(_dense_blob(f"dense-{kind}", (1, 1, 2), body))
     sparse = bytes([0b1000_0000, 0b1100_0000]) + body
     with pytest.raises(MalformedError, match="scale"):
-        decode_tensor(_dense_blob("sparse-i8", (1, 1, 2), sparse))
+        decode_tensor(_dense_blob(f"sparse-{kind}", (1, 1, 2), sparse))
+
+
+def test_i4_packs_two_values_a_byte_low_nibble_first() -> None:
+    x = np.array([[[7.0, -7.0, 1.0]]], np.float32)  # scale 1: q = 7, -7, 1
+    blob = encode_tensor(x, "dense-i4")
+    assert blob[-6:-2] == np.array([1.0], "<f4").tobytes()
+    assert blob[-2:] == bytes([0x97, 0x01])  # -7 is 0x9 in four-bit two's complement; the pad nibble is 0
+    assert decode_tensor(blob).tolist() == x.tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "match"),
+    [
+        ("dense-i8", np.array([-128, 1], np.int8).tobytes(), r"i8 values must be in \[-127, 127\]"),
+        ("dense-i4", b"\x18", r"i4 values must be in \[-7, 7\]"),  # second value 0x1, first 0x8 = -8
+        ("dense-i4", bytes([0x11, 0x10]), "padding bits"),  # three values; the fourth nibble must be 0
+    ],
+)
+def test_int_values_outside_the_symmetric_range_are_refused(name: str, values: bytes, match: str) -> None:
+    """-128 (i8) or -8 (i4) with the largest allowed scale would decode to infinity."""
+    count = 3 if values == bytes([0x11, 0x10]) else 2
+    body = np.array([1.0], "<f4").tobytes() + values
+    with pytest.raises(MalformedError, match=match):
+        decode_tensor(_dense_blob(name, (1, 1, count), body))
 
 
 def test_int8_extreme_values_round_trip_finite() -> None:
     x = np.array([[[np.finfo(np.float32).max, -np.finfo(np.float32).max, 1.0]]], np.float32)
-    for name in I8:
+    for name in I8 + I4:
         y = decode_tensor(encode_tensor(x, name))
         assert np.all(np.isfinite(y))
         check_bound(name, x, y)
@@ -366,7 +398,7 @@ def test_trailing_bytes_are_malformed(name: str) -> None:
 
 
 def test_unknown_encoding_id() -> None:
-    for code in (16, 3, 7, 255):
+    for code in (16, 32, 64, 255):
         with pytest.raises(UnsupportedError, match="encoding id"):
             decode_tensor(bytes([code, 0]))
 
