@@ -33,7 +33,7 @@ BENCHES = (
 log = logging.getLogger("ccied_p2p.cli")
 
 
-def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
+def _emit(obj: dict[str, Any] | list[dict[str, Any]], as_json: bool, text: str) -> None:
     sys.stdout.write((json.dumps(obj, indent=2, default=str) if as_json else text) + "\n")
     sys.stdout.flush()
 
@@ -91,13 +91,17 @@ def _cmd_prune_lite0(args: argparse.Namespace) -> int:
     from ccied_p2p import lite
 
     torch.set_num_threads(1)
+    if args.cuts:
+        table = lite.cut_table()
+        _emit(table, args.json, _render_cut_table(table))
+        return 0
     cut = args.split or lite.DEFAULT_CUT
-    amounts = [0.5, 0.65, 0.75] if args.curve else [0.65 if args.amount is None else args.amount]
+    amounts = [0.0, 0.5, 0.65, 0.75] if args.curve else [0.0 if args.amount is None else args.amount]
     channels = int(lite.lite0_split(cut, prune=False).activation_shape[0])
     rows = []
     for amount in amounts:
         keep = max(1, round((1.0 - amount) * channels))
-        rows.append(lite.prune_summary(cut, lite.DistillRecipe(keep=keep)))
+        rows.append(lite.prune_summary(cut, lite.DistillRecipe(keep=keep), prune=keep < channels))
     out: Any = rows[0] if len(rows) == 1 else rows
     lines = [
         f"{'cut':<10} {'amount':>6} {'bytes':>7} {'f16 B':>7} {'unpruned':>8} {'JPEG':>7} {'agree':>6} {'acc before':>10} {'acc after':>9}"
@@ -110,6 +114,19 @@ def _cmd_prune_lite0(args: argparse.Namespace) -> int:
         )
     sys.stdout.write((json.dumps(out, indent=2) if args.json else "\n".join(lines)) + "\n")
     return 0
+
+
+def _render_cut_table(rows: list[dict[str, Any]]) -> str:
+    encodings = list(rows[0]["bytes"])
+    head = f"{'cut':<10} {'shape':<11} {'head':>5} {'JPEG':>6} " + " ".join(
+        f"{e:>15} {'agree':>6}" for e in encodings
+    )
+    lines = [head]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        cells = " ".join(f"{r['bytes'][e]:>15.0f} {r['agreement'][e]:>6.3f}" for e in encodings)
+        lines.append(f"{r['cut']:<10} {shape:<11} {r['head_share']:>5.2f} {r['jpeg_bytes']:>6.0f} {cells}")
+    return "\n".join(lines)
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -320,7 +337,15 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     for action in p._actions:
         if action.dest == "model":
             action.choices = ["lenet", "vgg", "efficientnet-lite0"]
-    p.add_argument("--amount", type=float, default=None, help="share pruned (default 0.75; Lite0: 0.65)")
+    p.add_argument(
+        "--amount",
+        type=float,
+        default=None,
+        help="share pruned (default 0.75; Lite0: 0, every channel in 4 bits)",
+    )
+    p.add_argument(
+        "--cuts", action="store_true", help="Lite0: head share, bytes and agreement per cut, unpruned"
+    )
     p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
     p.set_defaults(func=_cmd_prune)
 

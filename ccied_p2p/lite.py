@@ -41,7 +41,9 @@ __all__ = [
     "CUTS",
     "DEFAULT_CUT",
     "MODEL",
+    "WIRE_ENCODING",
     "DistillRecipe",
+    "cut_table",
     "lite0_split",
     "prune_summary",
     "to_input",
@@ -58,6 +60,10 @@ CUTS: dict[str, str] = {
     "_blocks.11": "_blocks.11._bn2",  # 192x7x7
 }
 DEFAULT_CUT = "_blocks.5"
+# What an unpruned Lite0 split sends: its linear-bottleneck activation has no zeros, so a sparse layout only adds
+# a bitmap, and per-channel 4-bit values lose less top-1 agreement than dropping channels does at the same size
+# (ccied-p2p prune --model efficientnet-lite0 --cuts; README, Camera resolution).
+WIRE_ENCODING = "dense-i4"
 
 
 def to_input(images: npt.NDArray[np.uint8]) -> torch.Tensor:
@@ -301,10 +307,14 @@ def prune_summary(
     recipe: DistillRecipe | None = None,
     frames: int = 400,
     clip_step: int = 4,
-    encoding: str = "sparse-i8-lz4",
+    encoding: str | None = None,
     seed: int = 0,
+    prune: bool = True,
 ) -> dict[str, Any]:
     """What ``ccied-p2p prune --model efficientnet-lite0`` reports for one cut and recipe.
+
+    With ``prune`` (default encoding ``sparse-i8-lz4``: the channel mask drops the pruned channels) the split
+    layer is pruned and distilled by ``recipe``; without, every channel goes in :data:`WIRE_ENCODING` (amount 0).
 
     Agreement and accuracy: top-1 on ``frames`` frames of the photo camera over the evaluation photos (frames
     with no object in view count for agreement only). Bytes: the split activation as sent (``encoding``,
@@ -315,9 +325,10 @@ def prune_summary(
     from ccied_p2p.video import EVAL_CLIPS, photo_camera, photo_split, read_clips
 
     recipe = recipe or DistillRecipe()
+    encoding = encoding or ("sparse-i8-lz4" if prune else WIRE_ENCODING)
     start = time.perf_counter()
     base = lite0_split(cut, prune=False)
-    pruned = lite0_split(cut, recipe)
+    pruned = lite0_split(cut, recipe) if prune else base
     _, evaluation = photo_split()
     stream = list(photo_camera(evaluation, frames, seed=seed))
     photos = np.stack([f.image for f in stream])
@@ -345,13 +356,14 @@ def prune_summary(
     ]
     labelled = truth >= 0
     c = pruned.activation_shape[0]
+    keep = recipe.keep if prune else c
     return {
         "model": MODEL,
         "split": pruned.split_at,
         "cut": cut,
-        "amount": 1.0 - recipe.keep / c,
+        "amount": 1.0 - keep / c,
         "channels": c,
-        "kept_channels": recipe.keep,
+        "kept_channels": keep,
         "encoding": encoding,
         "bytes_per_transfer": float(np.mean(clip_sizes)),
         "jpeg_bytes": float(np.mean([len(jpeg_encode(f)) for f in clips])),
@@ -365,7 +377,84 @@ def prune_summary(
         "accuracy_after": float(np.mean(after[labelled] == truth[labelled])),
         "frames": frames,
         "labelled_frames": int(labelled.sum()),
-        "recipe": asdict(recipe),
+        "recipe": asdict(recipe) if prune else None,
         "fingerprint": pruned.fingerprint,
         "seconds": time.perf_counter() - start,
     }
+
+
+def cut_table(
+    cuts: tuple[str, ...] = tuple(CUTS),
+    frames: int = 400,
+    clip_step: int = 4,
+    encodings: tuple[str, ...] = ("sparse-f16-lz4", "dense-i8", WIRE_ENCODING),
+    repeats: int = 15,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Per cut of the unpruned Lite0: head share, bytes per encoding against the JPEG, top-1 agreement.
+
+    Head share: the median time of the head over the median time of the whole forward, one frame at a time on
+    one thread (``repeats`` of each). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
+    Agreement and accuracy: the tail run on the decoded activation, over ``frames`` photo-camera frames on the
+    evaluation photos, against the unsplit model's top-1 (accuracy on frames with an object in view)."""
+    from ccied_p2p.camera import jpeg_encode
+    from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
+    from ccied_p2p.models import efficientnet_lite0
+    from ccied_p2p.video import EVAL_CLIPS, photo_camera, photo_split, read_clips
+
+    _, evaluation = photo_split()
+    stream = list(photo_camera(evaluation, frames, seed=seed))
+    photos = to_input(np.stack([f.image for f in stream]))
+    truth = np.array([f.label for f in stream])
+    labelled = truth >= 0
+    clip_frames = np.concatenate(list(read_clips(EVAL_CLIPS, step=clip_step).values()))
+    clips = to_input(clip_frames)
+    jpeg = float(np.mean([len(jpeg_encode(f)) for f in clip_frames]))
+    whole = efficientnet_lite0().eval()
+    reference = _batched(whole, photos).argmax(1).numpy()
+
+    def median_ms(fn: Any, x: torch.Tensor) -> float:
+        times = []
+        with torch.inference_mode():
+            fn(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    full_ms = median_ms(whole, photos[:1])
+    rows = []
+    for cut in cuts:
+        split = lite0_split(cut, prune=False)
+        head_ms = median_ms(split.head, photos[:1])
+        act_photos = _batched(split.head, photos).numpy()
+        act_clips = _batched(split.head, clips).numpy()
+        row: dict[str, Any] = {
+            "model": MODEL,
+            "cut": cut,
+            "split": split.split_at,
+            "shape": list(split.activation_shape),
+            "head_ms": head_ms,
+            "full_ms": full_ms,
+            "head_share": head_ms / full_ms,
+            "jpeg_bytes": jpeg,
+            "bytes": {},
+            "agreement": {},
+            "accuracy": {},
+        }
+        for enc in encodings:
+            row["bytes"][enc] = float(np.mean([len(encode_tensor(a[None], enc)) for a in act_clips]))
+            decoded = np.concatenate([decode_tensor(encode_tensor(a[None], enc)) for a in act_photos])
+            top1 = _batched(split.tail, torch.from_numpy(decoded)).argmax(1).numpy()
+            row["agreement"][enc] = float(np.mean(top1 == reference))
+            row["accuracy"][enc] = float(np.mean(top1[labelled] == truth[labelled]))
+        rows.append(row)
+    for row in rows:
+        row["accuracy_unsplit"] = float(np.mean(reference[labelled] == truth[labelled]))
+        row["frames"] = frames
+        row["labelled_frames"] = int(labelled.sum())
+        row["bytes_frames"] = (
+            f"every {clip_step}th frame of {', '.join(EVAL_CLIPS)} ({len(clip_frames)} frames)"
+        )
+    return rows

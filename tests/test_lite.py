@@ -86,3 +86,31 @@ def test_pruned_lite0_agrees_with_the_unpruned_model(tmp_path: Path, monkeypatch
     assert out["agreement"] >= 0.6
     assert out["accuracy_after"] >= out["accuracy_before"] - 0.3
     assert any(tmp_path.glob("efficientnet-lite0-pruned-*.safetensors"))
+
+
+def test_cut_table_orders_encodings_and_measures_the_head() -> None:
+    """4-bit values take a quarter of f16's room, and the tail on them still mostly agrees."""
+    _model()
+    rows = lite.cut_table(cuts=("_blocks.5", "_blocks.11"), frames=24, clip_step=40, repeats=3)
+    assert [r["cut"] for r in rows] == ["_blocks.5", "_blocks.11"]
+    for r in rows:
+        b = r["bytes"]
+        assert b[lite.WIRE_ENCODING] < b["dense-i8"] < b["sparse-f16-lz4"]
+        assert 0 < r["head_share"] < 1
+        assert r["agreement"]["sparse-f16-lz4"] >= 0.95  # f16 rounding alone flips almost nothing
+        assert r["agreement"][lite.WIRE_ENCODING] >= 0.75
+    # The later cut does more of the work on the device and sends fewer values.
+    assert rows[1]["head_share"] > rows[0]["head_share"]
+    assert rows[1]["bytes"][lite.WIRE_ENCODING] < rows[0]["bytes"][lite.WIRE_ENCODING]
+
+
+def test_unpruned_summary_sends_every_channel_in_four_bits() -> None:
+    _model()
+    out = lite.prune_summary("_blocks.11", frames=24, clip_step=40, prune=False)
+    assert out["amount"] == 0.0
+    assert out["kept_channels"] == out["channels"] == 192
+    assert out["encoding"] == lite.WIRE_ENCODING
+    # 192 x 7 x 7 values at half a byte, a float32 scale per channel, the 18-byte header
+    assert out["bytes_per_transfer"] == 192 * 49 // 2 + 4 * 192 + 18
+    assert out["bytes_per_transfer"] < 0.5 * out["jpeg_bytes"]
+    assert out["recipe"] is None
