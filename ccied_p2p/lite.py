@@ -388,13 +388,13 @@ def cut_table(
     frames: int = 400,
     clip_step: int = 4,
     encodings: tuple[str, ...] = ("sparse-f16-lz4", "dense-i8", WIRE_ENCODING),
-    repeats: int = 15,
+    repeats: int = 31,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Per cut of the unpruned Lite0: head share, bytes per encoding against the JPEG, top-1 agreement.
 
     Head share: the median time of the head over the median time of the whole forward, one frame at a time on
-    one thread (``repeats`` of each). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
+    the caller's torch threads, ``repeats`` of each taken in turn (so both see the same load on the machine). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
     Agreement and accuracy: the tail run on the decoded activation, over ``frames`` photo-camera frames on the
     evaluation photos, against the unsplit model's top-1 (accuracy on frames with an object in view)."""
     from ccied_p2p.camera import jpeg_encode
@@ -413,21 +413,22 @@ def cut_table(
     whole = efficientnet_lite0().eval()
     reference = _batched(whole, photos).argmax(1).numpy()
 
-    def median_ms(fn: Any, x: torch.Tensor) -> float:
-        times = []
+    def median_ms(fns: tuple[Any, Any], x: torch.Tensor) -> tuple[float, float]:
+        times: tuple[list[float], list[float]] = ([], [])
         with torch.inference_mode():
-            fn(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
+            for fn in fns:
                 fn(x)
-                times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
+            for _ in range(repeats):
+                for fn, out in zip(fns, times, strict=True):
+                    start = time.perf_counter()
+                    fn(x)
+                    out.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
 
-    full_ms = median_ms(whole, photos[:1])
     rows = []
     for cut in cuts:
         split = lite0_split(cut, prune=False)
-        head_ms = median_ms(split.head, photos[:1])
+        head_ms, full_ms = median_ms((split.head, whole), photos[:1])
         act_photos = _batched(split.head, photos).numpy()
         act_clips = _batched(split.head, clips).numpy()
         row: dict[str, Any] = {
