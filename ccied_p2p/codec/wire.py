@@ -34,8 +34,6 @@ from ccied_p2p.codec.messages import (
     Auth,
     CacheEntries,
     CacheEntry,
-    CacheLookup,
-    CacheLookupResult,
     CacheSummary,
     CacheSync,
     ErrorMessage,
@@ -79,6 +77,7 @@ __all__ = [
     "INPUT_FORMATS",
     "MESSAGE_TYPES",
     "NODE_ID_BYTES",
+    "RETIRED_TYPES",
     "Frame",
     "Limits",
     "TensorInfo",
@@ -110,11 +109,13 @@ MESSAGE_TYPES: Final[dict[type[Any], int]] = {
     Leave: 10,
     CacheSync: 11,
     CacheEntries: 12,
-    CacheLookup: 13,
-    CacheLookupResult: 14,
     InferInput: 15,
 }
 """The message type byte of each message class."""
+
+RETIRED_TYPES: Final[dict[int, str]] = {13: "CacheLookup", 14: "CacheLookupResult"}
+"""Type bytes of removed messages (remote cache lookups, never sent by any node), never to be reassigned:
+a frame carrying one is refused as a protocol error (UnsupportedError) naming what it was."""
 
 _U64_MAX: Final = (1 << 64) - 1
 _I32_MIN: Final = -(1 << 31)
@@ -589,41 +590,6 @@ def _in_cache_entries(c: _Check, f: list[Any], t: list[FloatArray], enc: list[st
     return CacheEntries(entries=tuple(entries))
 
 
-def _out_cache_lookup(c: _Check, m: CacheLookup) -> tuple[list[Any], _Tensors]:
-    _feature_out(c, m.feature)
-    return [c.int_(m.request_id, "request_id"), c.str_(m.fingerprint, "fingerprint")], [
-        (m.feature, get_encoding(FEATURE_ENCODING))
-    ]
-
-
-def _in_cache_lookup(c: _Check, f: list[Any], t: list[FloatArray], enc: list[str]) -> CacheLookup:
-    return CacheLookup(
-        request_id=c.int_(f[0], "request_id"),
-        fingerprint=c.str_(f[1], "fingerprint"),
-        feature=_feature_in(c, t[0]),
-    )
-
-
-def _out_lookup_result(c: _Check, m: CacheLookupResult) -> tuple[list[Any], _Tensors]:
-    return [
-        c.int_(m.request_id, "request_id"),
-        c.int_(m.label, "label", _I32_MIN, _I32_MAX),
-        c.float_(m.confidence, "confidence"),
-        c.float_(m.distance, "distance"),
-        c.int_(m.votes, "votes", 0, _U32_MAX),
-    ], []
-
-
-def _in_lookup_result(c: _Check, f: list[Any], t: list[FloatArray], enc: list[str]) -> CacheLookupResult:
-    return CacheLookupResult(
-        request_id=c.int_(f[0], "request_id"),
-        label=c.int_(f[1], "label", _I32_MIN, _I32_MAX),
-        confidence=c.float_(f[2], "confidence"),
-        distance=c.float_(f[3], "distance"),
-        votes=c.int_(f[4], "votes", 0, _U32_MAX),
-    )
-
-
 # type byte -> (metadata field count, tensor count or None for "one per entry", decoder)
 _Decoder = Callable[[_Check, list[Any], list[FloatArray], list[str]], Message]
 _OUT: Final[dict[type[Any], Callable[[_Check, Any], tuple[list[Any], _Tensors]]]] = {
@@ -639,8 +605,6 @@ _OUT: Final[dict[type[Any], Callable[[_Check, Any], tuple[list[Any], _Tensors]]]
     Leave: _out_leave,
     CacheSync: _out_cache_sync,
     CacheEntries: _out_cache_entries,
-    CacheLookup: _out_cache_lookup,
-    CacheLookupResult: _out_lookup_result,
     InferInput: _out_infer_input,
 }
 _IN: Final[dict[int, tuple[int, int | None, _Decoder]]] = {
@@ -656,8 +620,6 @@ _IN: Final[dict[int, tuple[int, int | None, _Decoder]]] = {
     10: (2, 0, _in_leave),
     11: (2, 0, _in_cache_sync),
     12: (1, None, _in_cache_entries),
-    13: (2, 1, _in_cache_lookup),
-    14: (5, 0, _in_lookup_result),
     15: (6, None, _in_infer_input),
 }
 
@@ -732,8 +694,7 @@ def _unpack_metadata(meta: Buffer, limits: Limits) -> list[Any]:
 
 
 _HAS_REQUEST_ID: Final = frozenset(
-    MESSAGE_TYPES[t]
-    for t in (InferRequest, InferResponse, ErrorMessage, CacheLookup, CacheLookupResult, InferInput)
+    MESSAGE_TYPES[t] for t in (InferRequest, InferResponse, ErrorMessage, InferInput)
 )
 _CLASS_OF: Final[dict[int, type[Any]]] = {code: cls for cls, code in MESSAGE_TYPES.items()}
 
@@ -808,6 +769,8 @@ def peek_message(
     mtype = message_type(view)
     _, _, count, meta_len = _HEADER.unpack_from(view)
     spec = _IN.get(mtype)
+    if mtype in RETIRED_TYPES:
+        raise UnsupportedError(f"message type {mtype} ({RETIRED_TYPES[mtype]}) is retired; no node sends it")
     if spec is None:
         raise UnsupportedError(f"unknown message type {mtype}")
     kind = _CLASS_OF[mtype]
