@@ -576,10 +576,12 @@ def test_codec_modules_import_no_io_clock_or_pickle(path: Path) -> None:
 
 def test_exports() -> None:
     import ccied_p2p.codec.auth
+    import ccied_p2p.codec.layouts
     import ccied_p2p.codec.tensor
     import ccied_p2p.codec.wire
 
-    for module in (codec, ccied_p2p.codec.auth, ccied_p2p.codec.tensor, ccied_p2p.codec.wire, m):
+    modules = (codec, ccied_p2p.codec.auth, ccied_p2p.codec.layouts)
+    for module in (*modules, ccied_p2p.codec.tensor, ccied_p2p.codec.wire, m):
         assert module.__doc__
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)

@@ -2,6 +2,7 @@
 
 - :mod:`ccied_p2p.codec.messages` the message dataclasses peers exchange
 - :mod:`ccied_p2p.codec.wire`     frames: :func:`encode_message`, :func:`decode_message` (bounded)
+- :mod:`ccied_p2p.codec.layouts`  each message type's byte and field layout: encoders, decoders, checks
 - :mod:`ccied_p2p.codec.tensor`   tensor encodings (strategies): dense / sparse x f32 / f16 / i8, optional lz4
 - :mod:`ccied_p2p.codec.auth`     HMAC handshake proofs, HKDF session keys, ChaCha20-Poly1305 seal / open
 
