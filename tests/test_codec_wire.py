@@ -577,10 +577,11 @@ def test_codec_modules_import_no_io_clock_or_pickle(path: Path) -> None:
 def test_exports() -> None:
     import ccied_p2p.codec.auth
     import ccied_p2p.codec.layouts
+    import ccied_p2p.codec.session
     import ccied_p2p.codec.tensor
     import ccied_p2p.codec.wire
 
-    modules = (codec, ccied_p2p.codec.auth, ccied_p2p.codec.layouts)
+    modules = (codec, ccied_p2p.codec.auth, ccied_p2p.codec.layouts, ccied_p2p.codec.session)
     for module in (*modules, ccied_p2p.codec.tensor, ccied_p2p.codec.wire, m):
         assert module.__doc__
         for name in module.__all__:

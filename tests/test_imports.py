@@ -14,6 +14,7 @@ PURE = (
     "ccied_p2p.codec.wire",
     "ccied_p2p.codec.layouts",
     "ccied_p2p.codec.auth",
+    "ccied_p2p.codec.session",
     "ccied_p2p.gossip",
     "ccied_p2p.gossip.membership",
     "ccied_p2p.gossip.config",

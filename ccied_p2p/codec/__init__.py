@@ -5,6 +5,7 @@
 - :mod:`ccied_p2p.codec.layouts`  each message type's byte and field layout: encoders, decoders, checks
 - :mod:`ccied_p2p.codec.tensor`   tensor encodings (strategies): dense / sparse x f32 / f16 / i8, optional lz4
 - :mod:`ccied_p2p.codec.auth`     HMAC handshake proofs, HKDF session keys, ChaCha20-Poly1305 seal / open
+- :mod:`ccied_p2p.codec.session`  :class:`Session`: one link's handshake, sealed frames and request ids, sans I/O
 
 Frame format, version 1 (all integers little-endian; full field-by-field layout in ``docs/wire-format.md``)::
 
