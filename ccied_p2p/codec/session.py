@@ -117,7 +117,8 @@ class Session:
         cls, role: Role, peer: Hello, seal: Transform, open_: Transform, limits: Limits = DEFAULT_LIMITS
     ) -> Session:
         """An open session from a handshake run elsewhere (its peer and its (seal, open) pair)."""
-        session = cls(Role.RESPONDER, peer, None, limits)  # a responder queues nothing
+        # Built as an insecure responder, which queues nothing; its own hello is never used once open.
+        session = cls(Role.RESPONDER, peer, None, limits)
         session.role = Role(role)
         session.state = SessionState.OPEN
         session._peer, session._seal, session._open = peer, seal, open_
