@@ -21,13 +21,12 @@ from ccied_p2p.cache import (
     SemanticCache,
     SLRUPolicy,
     USearchIndex,
-    as_lookup_result,
     entry_size,
     make_index,
     make_policy,
     make_reducer,
 )
-from ccied_p2p.codec.messages import CacheEntry, CacheLookupResult, CacheSummary
+from ccied_p2p.codec.messages import CacheEntry, CacheSummary
 from ccied_p2p.errors import ConfigError, LocalError
 
 FP = "f" * 16
@@ -532,13 +531,6 @@ def test_merge_refuses_other_fingerprints_and_bad_entries() -> None:
     assert c.stats().rejected == 8
     assert c.stats().merged == 1
     assert c.known() == {b"x" * 16: 1}
-
-
-def test_as_lookup_result() -> None:
-    assert as_lookup_result(7, Hit(3, 0.01, 2, 0.9)) == CacheLookupResult(7, 3, 0.9, 0.01, 2)
-    miss = as_lookup_result(8, Miss())
-    assert miss.label == -1
-    assert miss.distance == 2.0
 
 
 def test_clear_keeps_counters() -> None:

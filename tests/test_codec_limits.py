@@ -21,8 +21,6 @@ from ccied_p2p.codec.messages import (
     Auth,
     CacheEntries,
     CacheEntry,
-    CacheLookup,
-    CacheLookupResult,
     CacheSummary,
     CacheSync,
     ErrorMessage,
@@ -141,8 +139,6 @@ def _corpus() -> list[Message]:
         Leave(ID, 9),
         CacheSync(((ID, 1),) * 12, 1 << 20),
         CacheEntries((entry,) * 3),
-        CacheLookup(10, "f" * 40, feature),
-        CacheLookupResult(11, -1, 0.0, 0.5, 3),
     ]
 
 
@@ -311,15 +307,15 @@ def test_an_idle_peer_always_gets_one_lawful_request_in_even_above_the_byte_budg
 
 def test_admission_refuses_oversized_features_and_passes_everything_else() -> None:
     budget = PeerBudget()
-    big = peek_message(encode_message(CacheLookup(5, "f", np.ones(65, np.float32))))
-    refused = budget.admit(big, POLICY)
+    big = CacheEntries((CacheEntry(np.ones(65, np.float32), 1, 0.9, "f", ID, 1, 0.0),))
+    refused = budget.admit(peek_message(encode_message(big)), POLICY)
     assert refused is not None
     assert refused.code is Refusal.FEATURE
-    assert refused.request_id == 5
+    assert refused.request_id is None  # CacheEntries carry no request id
     entries = CacheEntries((CacheEntry(np.ones(64, np.float32), 1, 0.9, "f", ID, 1, 0.0),) * 3)
     assert budget.admit(peek_message(encode_message(entries)), POLICY) is None
     for message in _corpus():
-        if not isinstance(message, InferRequest | CacheEntries | CacheLookup):
+        if not isinstance(message, InferRequest | CacheEntries):
             assert budget.admit(peek_message(encode_message(message)), POLICY) is None
     assert (budget.rows, budget.nbytes) == (0, 0)
     assert math.prod(POLICY.activation_shape) * 4 == ROW

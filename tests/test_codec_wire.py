@@ -20,10 +20,12 @@ from ccied_p2p.codec.tensor import DEFAULT_LIMITS, ENCODINGS, encode_tensor
 from ccied_p2p.codec.wire import (
     FORMAT_VERSION,
     MESSAGE_TYPES,
+    RETIRED_TYPES,
     Limits,
     decode_message,
     encode_message,
     message_type,
+    peek_message,
 )
 from ccied_p2p.errors import (
     CodecError,
@@ -144,7 +146,6 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
         m.CacheSync, known=st.lists(st.tuples(node_ids, u64), max_size=5).map(tuple), max_bytes=u64
     ),
     m.CacheEntries: st.builds(m.CacheEntries, entries=st.lists(entries, max_size=4).map(tuple)),
-    m.CacheLookup: st.builds(m.CacheLookup, request_id=u64, fingerprint=texts, feature=features),
     m.InferInput: st.one_of(
         st.builds(
             m.InferInput,
@@ -166,14 +167,6 @@ MESSAGES: dict[type[Any], st.SearchStrategy[Any]] = {
                 tensor=st.just(np.arange(np.prod(shape), dtype=np.float32).reshape(1, *shape)),
             )
         ),
-    ),
-    m.CacheLookupResult: st.builds(
-        m.CacheLookupResult,
-        request_id=u64,
-        label=i32,
-        confidence=floats,
-        distance=floats,
-        votes=st.integers(0, 9),
     ),
 }
 any_message = st.one_of(*MESSAGES.values())
@@ -204,7 +197,10 @@ def assert_same(a: Any, b: Any) -> None:
 def test_every_message_class_has_a_type_and_a_strategy() -> None:
     classes = set(m.Message.__args__)
     assert set(MESSAGE_TYPES) == classes == set(MESSAGES)
-    assert sorted(MESSAGE_TYPES.values()) == list(range(1, len(classes) + 1))
+    assert not set(MESSAGE_TYPES.values()) & set(RETIRED_TYPES)  # retired numbers are never reassigned
+    assert sorted([*MESSAGE_TYPES.values(), *RETIRED_TYPES]) == list(
+        range(1, len(classes) + len(RETIRED_TYPES) + 1)
+    )
 
 
 @pytest.mark.parametrize("cls", list(MESSAGES), ids=lambda c: c.__name__)
@@ -247,10 +243,10 @@ def test_encode_accepts_numpy_scalars_and_ints_for_floats() -> None:
 
 
 def test_infinite_floats_travel_but_nan_does_not() -> None:
-    msg = m.CacheLookupResult(request_id=1, label=-1, confidence=0.0, distance=float("inf"), votes=0)
+    msg = m.InferResponse(request_id=1, labels=(-1, 2), confidences=(float("inf"), float("-inf")))
     assert decode_message(encode_message(msg)) == msg
     with pytest.raises(EncodeError, match="NaN"):
-        encode_message(dataclasses.replace(msg, distance=float("nan")))
+        encode_message(dataclasses.replace(msg, confidences=(0.5, float("nan"))))
 
 
 # -- encode errors are local errors ---------------------------------------------------------------------------------
@@ -275,7 +271,10 @@ NODE = b"n" * 16
             "unknown tensor encoding",
         ),
         (m.InferRequest(1, "f", "s", np.full((1, 2), np.nan, np.float32)), "NaN"),
-        (m.CacheLookup(1, "f", np.zeros((2, 2), np.float32)), "1-D"),
+        (
+            m.CacheEntries((m.CacheEntry(np.zeros((2, 2), np.float32), 1, 0.5, "f", b"n" * 16, 1, 0.0),)),
+            "1-D",
+        ),
         (m.Gossip(updates=("not a member",)), "MemberUpdate"),  # type: ignore[arg-type]
         (m.ErrorMessage(request_id=0, code="\udc80", message=""), "does not pack"),
     ],
@@ -312,6 +311,20 @@ def test_unknown_version() -> None:
 def test_unknown_message_type(mtype: int) -> None:
     with pytest.raises(UnsupportedError, match="message type"):
         decode_message(frame(mtype, []))
+
+
+@pytest.mark.parametrize(("mtype", "name"), sorted(RETIRED_TYPES.items()))
+def test_a_retired_message_type_is_a_protocol_error(mtype: int, name: str) -> None:
+    # The frames the removed CacheLookup / CacheLookupResult encoders produced, well-formed in every other way.
+    lookup = frame(mtype, [1, "fp"], (encode_tensor(np.zeros(4, np.float32), "dense-f32"),))
+    result = frame(mtype, [1, -1, 0.0, 0.5, 3])
+    for data in (lookup, result):
+        with pytest.raises(UnsupportedError, match=f"message type {mtype} \\({name}\\) is retired"):
+            decode_message(data)
+        with pytest.raises(UnsupportedError, match="retired"):
+            peek_message(data)
+    assert not hasattr(m, name)
+    assert not hasattr(codec, name)
 
 
 def test_frame_over_the_limit() -> None:
@@ -391,9 +404,9 @@ def test_total_tensor_elements_per_frame_are_bounded() -> None:
         (LEAVE, [NODE, 7.0], "must be an int"),
         (LEAVE, ["n" * 16, 7], "must be bytes"),
         (LEAVE, {"node_id": NODE}, "must be a msgpack array"),
-        (MESSAGE_TYPES[m.CacheLookupResult], [1, -1, 0.0, float("nan"), 0], "NaN"),
-        (MESSAGE_TYPES[m.CacheLookupResult], [1, -1, 0, 0.0, 0], "must be a float"),
-        (MESSAGE_TYPES[m.CacheLookupResult], [1, 2**31, 0.0, 0.0, 0], "outside"),
+        (MESSAGE_TYPES[m.InferResponse], [1, [-1], [float("nan")], {}], "NaN"),
+        (MESSAGE_TYPES[m.InferResponse], [1, [-1], [0], {}], "must be a float"),
+        (MESSAGE_TYPES[m.InferResponse], [1, [2**31], [0.5], {}], "outside"),
         (MESSAGE_TYPES[m.InferResponse], [1, [1, 2], [0.5], {}], "2 labels but 1"),
         (MESSAGE_TYPES[m.InferResponse], [1, [], [], [1]], "timings must be a map"),
         (MESSAGE_TYPES[m.InferResponse], [1, [], [], {"t": "x"}], "must be a float"),
@@ -438,13 +451,14 @@ def test_tensor_count_must_match_the_message() -> None:
     with pytest.raises(MalformedError, match="carries 0 tensors"):
         decode_message(frame(LEAVE, [NODE, 7], (blob,)))
     with pytest.raises(MalformedError, match="carries 1 tensors"):
-        decode_message(frame(MESSAGE_TYPES[m.CacheLookup], [1, "fp"]))
+        decode_message(frame(MESSAGE_TYPES[m.InferRequest], [1, "fp", "s"]))
 
 
 def test_feature_must_be_one_dimensional() -> None:
     blob = encode_tensor(np.zeros((2, 2), np.float32), "dense-f32")
+    row = [1, 0.5, "fp", NODE, 1, 0.0]
     with pytest.raises(MalformedError, match="1-D"):
-        decode_message(frame(MESSAGE_TYPES[m.CacheLookup], [1, "fp"], (blob,)))
+        decode_message(frame(MESSAGE_TYPES[m.CacheEntries], [[row]], (blob,)))
 
 
 def test_activation_needs_a_batch_axis() -> None:
@@ -495,7 +509,7 @@ def test_random_bytes_only_raise_codec_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(mtype=st.integers(1, 14), body=st.binary(max_size=300), count=st.integers(0, 3))
+@given(mtype=st.integers(0, 16), body=st.binary(max_size=300), count=st.integers(0, 3))
 def test_random_bodies_behind_valid_headers_only_raise_codec_error(
     mtype: int, body: bytes, count: int
 ) -> None:
@@ -505,7 +519,7 @@ def test_random_bodies_behind_valid_headers_only_raise_codec_error(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    mtype=st.integers(1, 14),
+    mtype=st.integers(0, 16),
     fields=st.recursive(
         st.none() | st.booleans() | st.integers() | floats | texts | small_bytes,
         lambda inner: st.lists(inner, max_size=10) | st.dictionaries(texts, inner, max_size=5),
@@ -563,10 +577,13 @@ def test_codec_modules_import_no_io_clock_or_pickle(path: Path) -> None:
 
 def test_exports() -> None:
     import ccied_p2p.codec.auth
+    import ccied_p2p.codec.layouts
+    import ccied_p2p.codec.session
     import ccied_p2p.codec.tensor
     import ccied_p2p.codec.wire
 
-    for module in (codec, ccied_p2p.codec.auth, ccied_p2p.codec.tensor, ccied_p2p.codec.wire, m):
+    modules = (codec, ccied_p2p.codec.auth, ccied_p2p.codec.layouts, ccied_p2p.codec.session)
+    for module in (*modules, ccied_p2p.codec.tensor, ccied_p2p.codec.wire, m):
         assert module.__doc__
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)

@@ -29,8 +29,6 @@ from ccied_p2p.codec.messages import (
     Auth,
     CacheEntries,
     CacheEntry,
-    CacheLookup,
-    CacheLookupResult,
     CacheSummary,
     CacheSync,
     ErrorMessage,
@@ -99,8 +97,6 @@ def _corpus(split: SplitModel, data: datasets.Dataset, target: bytes, feature_di
         CacheEntries((CacheEntry(feature, 1, 0.9, fp, other, 1, 0.0),)),
         CacheEntries((CacheEntry(feature[:5], 1, 0.9, fp, other, 2, 0.0),)),  # wrong dimension
         CacheEntries((CacheEntry(np.zeros(feature_dim, np.float32), -1, 2.0, fp, other, 3, 0.0),)),
-        CacheLookup(1, fp, feature),
-        CacheLookupResult(1, -1, 0.0, 0.0, 0),
     ]
 
 

@@ -12,9 +12,13 @@ HEAVY = ("torch", "aiohttp", "zeroconf", "asyncio")
 PURE = (
     "ccied_p2p.codec",
     "ccied_p2p.codec.wire",
+    "ccied_p2p.codec.layouts",
     "ccied_p2p.codec.auth",
+    "ccied_p2p.codec.session",
     "ccied_p2p.gossip",
     "ccied_p2p.gossip.membership",
+    "ccied_p2p.gossip.config",
+    "ccied_p2p.gossip.dissemination",
     "ccied_p2p.cache",
     "ccied_p2p.scheduler",
     "ccied_p2p.strategy",

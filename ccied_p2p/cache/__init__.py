@@ -47,7 +47,6 @@ from ccied_p2p.cache.results import (
     LookupResult,
     MergeResult,
     Miss,
-    as_lookup_result,
 )
 from ccied_p2p.cache.semantic import SemanticCache, serve_stream
 
@@ -71,7 +70,6 @@ __all__ = [
     "SemanticCache",
     "USearchIndex",
     "VectorIndex",
-    "as_lookup_result",
     "auto_crossover",
     "clopper_pearson_upper",
     "entry_size",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ccied_p2p.codec.messages import CacheLookupResult
-
 # ---------------------------------------------------------------------------------------------- results
 
 
@@ -36,14 +34,6 @@ class Miss:
 
 
 LookupResult = Hit | Miss
-
-
-def as_lookup_result(request_id: int, result: LookupResult) -> CacheLookupResult:
-    """The wire answer to a peer's :class:`~ccied_p2p.codec.messages.CacheLookup`."""
-    if isinstance(result, Hit):
-        return CacheLookupResult(request_id, result.label, result.confidence, result.distance, result.votes)
-    distance = result.distance if math.isfinite(result.distance) else 2.0
-    return CacheLookupResult(request_id, -1, 0.0, distance, result.votes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 - :mod:`ccied_p2p.codec.messages` the message dataclasses peers exchange
 - :mod:`ccied_p2p.codec.wire`     frames: :func:`encode_message`, :func:`decode_message` (bounded)
+- :mod:`ccied_p2p.codec.layouts`  each message type's byte and field layout: encoders, decoders, checks
 - :mod:`ccied_p2p.codec.tensor`   tensor encodings (strategies): dense / sparse x f32 / f16 / i8, optional lz4
 - :mod:`ccied_p2p.codec.auth`     HMAC handshake proofs, HKDF session keys, ChaCha20-Poly1305 seal / open
+- :mod:`ccied_p2p.codec.session`  :class:`Session`: one link's handshake, sealed frames and request ids, sans I/O
 
 Frame format, version 1 (all integers little-endian; full field-by-field layout in ``docs/wire-format.md``)::
 
@@ -37,8 +39,6 @@ from ccied_p2p.codec.messages import (
     Auth,
     CacheEntries,
     CacheEntry,
-    CacheLookup,
-    CacheLookupResult,
     CacheSummary,
     CacheSync,
     ErrorMessage,
@@ -74,8 +74,6 @@ __all__ = [
     "Auth",
     "CacheEntries",
     "CacheEntry",
-    "CacheLookup",
-    "CacheLookupResult",
     "CacheSummary",
     "CacheSync",
     "ErrorMessage",

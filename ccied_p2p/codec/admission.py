@@ -11,7 +11,7 @@ with the secret turns kilobytes on the wire into gigabytes of RAM and seconds of
   ``(1, *input_shape)`` tensor (``shape``). Its pixels are checked against the same size when the JPEG
   header is parsed, before a pixel is decoded (:func:`ccied_p2p.inputs.decode_jpeg`). It counts as one row
   and :meth:`AdmissionPolicy.input_cost` bytes against the budget below;
-- feature tensors (``CacheEntries``, ``CacheLookup``) are 1-D and at most ``max_feature`` elements each
+- feature tensors (``CacheEntries``) are 1-D and at most ``max_feature`` elements each
   (``feature``);
 - the tail rows and decoded bytes a peer has waiting or computing stay within ``queue_rows`` and
   ``queue_bytes``; beyond that a request is refused as ``busy`` (the link stays up: the peer may retry, or
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ccied_p2p.codec.messages import CacheEntries, CacheLookup, InferInput, InferRequest
+from ccied_p2p.codec.messages import CacheEntries, InferInput, InferRequest
 from ccied_p2p.codec.wire import Frame
 
 __all__ = ["AdmissionPolicy", "PeerBudget", "Refusal", "Refused"]
@@ -111,7 +111,7 @@ class AdmissionPolicy:
                 return Refused(
                     Refusal.ROWS, f"{shape[0]} rows, this node takes 1..{self.max_rows}", frame.request_id
                 )
-        elif frame.kind is CacheEntries or frame.kind is CacheLookup:
+        elif frame.kind is CacheEntries:
             for t in frame.tensors:
                 if len(t.shape) != 1 or t.elements > self.max_feature:
                     return Refused(

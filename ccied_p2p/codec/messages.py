@@ -17,8 +17,6 @@ __all__ = [
     "Auth",
     "CacheEntries",
     "CacheEntry",
-    "CacheLookup",
-    "CacheLookupResult",
     "CacheSummary",
     "CacheSync",
     "ErrorMessage",
@@ -223,26 +221,6 @@ class CacheEntries:
     entries: tuple[CacheEntry, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class CacheLookup:
-    """Ask a peer's cache about a feature vector."""
-
-    request_id: int
-    fingerprint: str
-    feature: FloatArray
-
-
-@dataclass(frozen=True, slots=True)
-class CacheLookupResult:
-    """A peer's cache answer; ``label`` is -1 on a miss."""
-
-    request_id: int
-    label: int
-    confidence: float
-    distance: float
-    votes: int
-
-
 Message = (
     Hello
     | Auth
@@ -257,6 +235,4 @@ Message = (
     | Leave
     | CacheSync
     | CacheEntries
-    | CacheLookup
-    | CacheLookupResult
 )

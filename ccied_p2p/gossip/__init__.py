@@ -2,6 +2,8 @@
 
 - :mod:`ccied_p2p.gossip.states`      the member state machine, one transition table
 - :mod:`ccied_p2p.gossip.membership`  :class:`Membership`: SWIM with suspicion, piggybacked dissemination
+- :mod:`ccied_p2p.gossip.config`      :class:`MembershipConfig` (timings), :class:`MemberEvent` (what changed)
+- :mod:`ccied_p2p.gossip.dissemination` the piggyback queue and the payload merge rule
 - :mod:`ccied_p2p.gossip.simulation`  :class:`Simulation`: N members, a simulated clock, loss and crashes
 """
 

@@ -46,7 +46,6 @@ import random
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Final
 
 import numpy as np
@@ -63,7 +62,9 @@ from ccied_p2p.codec.messages import (
     Ping,
     PingReq,
 )
-from ccied_p2p.errors import ConfigError, LocalError
+from ccied_p2p.errors import LocalError
+from ccied_p2p.gossip.config import MemberEvent, MemberEventKind, MembershipConfig, Outgoing
+from ccied_p2p.gossip.dissemination import UpdateQueue, newer_payload, with_best_payload
 from ccied_p2p.gossip.states import Event, merge, transition
 
 __all__ = [
@@ -74,9 +75,6 @@ __all__ = [
     "Outgoing",
 ]
 
-Outgoing = list[tuple[bytes, Message]]
-"""Messages to send: ``(destination node id, message)``."""
-
 ALIVE: Final = MemberState.ALIVE
 SUSPECT: Final = MemberState.SUSPECT
 DEAD: Final = MemberState.DEAD
@@ -85,86 +83,6 @@ _INF: Final = math.inf
 
 
 _MAX_INCARNATION: Final = (1 << 64) - 1  # incarnations travel as u64
-
-
-@dataclass(frozen=True, slots=True)
-class MembershipConfig:
-    """Protocol timings and bounds; times in seconds. See the module docstring for why these defaults."""
-
-    probe_interval: float = 0.2
-    probe_timeout: float = 0.1
-    indirect_checks: int = 5
-    probe_failures: int = 2
-    suspicion_mult: float = 4.0
-    fanout: int = 3
-    gossip_interval: float = 0.2
-    max_piggyback: int = 8
-    retransmit_mult: int = 4
-    sync_interval: float = 2.0
-    sync_boost: bool = True
-    max_sync_updates: int = 256
-    tombstone_ttl: float = 30.0
-    max_awareness: int = 3
-    max_events: int = 10_000
-
-    def __post_init__(self) -> None:
-        for name in ("probe_interval", "probe_timeout", "suspicion_mult", "gossip_interval", "sync_interval"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"MembershipConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.probe_timeout >= self.probe_interval:
-            raise ConfigError("MembershipConfig.probe_timeout must be shorter than probe_interval")
-        for name in ("fanout", "max_piggyback", "retransmit_mult", "max_sync_updates", "max_events"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"MembershipConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.probe_failures < 1:
-            raise ConfigError("MembershipConfig.probe_failures must be >= 1")
-        if self.indirect_checks < 0 or self.max_awareness < 0 or self.tombstone_ttl < 0:
-            raise ConfigError("MembershipConfig: indirect_checks, max_awareness, tombstone_ttl must be >= 0")
-
-    @classmethod
-    def quick(cls) -> MembershipConfig:
-        """Timings 4x shorter, for tests on loopback: a crash is declared dead in well under a second."""
-        return cls(
-            probe_interval=0.05,
-            probe_timeout=0.025,
-            gossip_interval=0.05,
-            sync_interval=0.5,
-            tombstone_ttl=5.0,
-        )
-
-    def suspicion_timeout(self, n: int) -> float:
-        """How long a suspicion stands before the suspect is declared dead, in a cluster of ``n``."""
-        return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval
-
-    def sync_period(self, n: int) -> float:
-        """Anti-entropy period in a cluster of ``n``: ``sync_interval``, stretched above 32 members."""
-        if n <= 32:
-            return self.sync_interval
-        return self.sync_interval * (math.ceil(math.log2(n) - 5) + 1)
-
-    def retransmit_limit(self, n: int) -> int:
-        """How many times one piggybacked update is sent, in a cluster of ``n`` (lambda * log n)."""
-        return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
-
-
-class MemberEventKind(StrEnum):
-    """What changed about a member, as the runtime observes it."""
-
-    JOINED = "joined"
-    SUSPECTED = "suspected"
-    ALIVE = "alive"  # a suspect or dead member refuted
-    DEAD = "dead"
-    LEFT = "left"
-    UPDATED = "updated"  # newer load report, cache summary or incarnation
-
-
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
-    """One observable change: ``member`` is the record after the change."""
-
-    kind: MemberEventKind
-    member: MemberUpdate
-    at: float
 
 
 @dataclass(slots=True)
@@ -185,53 +103,6 @@ class _Relay:
     expires: float
 
 
-class _Queue:
-    """Updates waiting to be piggybacked: least-sent first, newest first among equals.
-
-    One entry per member (newer news about a member replaces older). Priority is ``sent * 2**40 - seq``
-    in one dict, so choosing is a C-level sort of a small dict.
-    """
-
-    __slots__ = ("prio", "sent", "seq")
-    _STEP: Final = 1 << 40
-
-    def __init__(self) -> None:
-        self.sent: dict[bytes, int] = {}
-        self.prio: dict[bytes, int] = {}
-        self.seq = 0
-
-    def push(self, node_id: bytes) -> None:
-        self.seq += 1
-        self.sent[node_id] = 0
-        self.prio[node_id] = -self.seq
-
-    def take(self, count: int, limit: int) -> list[bytes]:
-        """Up to ``count`` ids to send now; each is counted as sent once more and dropped at ``limit``."""
-        prio, sent, step = self.prio, self.sent, self._STEP
-        if len(prio) <= count:
-            ids = list(prio)
-        elif len(prio) <= 64:
-            ids = sorted(prio, key=prio.__getitem__)[:count]
-        else:
-            ids = heapq.nsmallest(count, prio, key=prio.__getitem__)
-        out: list[bytes] = []
-        for node_id in ids:
-            times = sent[node_id] + 1
-            if times > limit:  # the limit shrank with the cluster: drop, do not send
-                del sent[node_id], prio[node_id]
-                continue
-            out.append(node_id)
-            if times == limit:
-                del sent[node_id], prio[node_id]
-            else:
-                sent[node_id] = times
-                prio[node_id] += step
-        return out
-
-    def __len__(self) -> int:
-        return len(self.sent)
-
-
 _PEER_STATES: Final = frozenset({ALIVE, SUSPECT})
 _EVENT_FOR: Final[dict[MemberState, MemberEventKind]] = {
     ALIVE: MemberEventKind.ALIVE,
@@ -239,25 +110,6 @@ _EVENT_FOR: Final[dict[MemberState, MemberEventKind]] = {
     DEAD: MemberEventKind.DEAD,
     LEFT: MemberEventKind.LEFT,
 }
-
-
-def _newer_payload(cur: MemberUpdate, upd: MemberUpdate) -> bool:
-    load, cache = upd.load, upd.cache
-    return (load is not None and (cur.load is None or load.version > cur.load.version)) or (
-        cache is not None and (cur.cache is None or cache.version > cur.cache.version)
-    )
-
-
-def _with_best_payload(base: MemberUpdate, other: MemberUpdate) -> MemberUpdate:
-    """``base`` with the newer load report and cache summary of the two records."""
-    load, cache = base.load, base.cache
-    if other.load is not None and (load is None or other.load.version > load.version):
-        load = other.load
-    if other.cache is not None and (cache is None or other.cache.version > cache.version):
-        cache = other.cache
-    if load is base.load and cache is base.cache:
-        return base
-    return replace(base, load=load, cache=cache)
 
 
 def _after(previous: float, interval: float, now: float) -> float:
@@ -310,7 +162,7 @@ class Membership:
         self._since: dict[bytes, float] = {}  # dead/left members: when (for tombstone expiry)
         self._suspect_until: dict[bytes, float] = {}
         self._timers: list[tuple[float, bytes]] = []
-        self._queue = _Queue()
+        self._queue = UpdateQueue()
         self._order: list[bytes] = []
         self._order_pos = 0
         self._probe: _Probe | None = None
@@ -596,14 +448,14 @@ class Membership:
                 self._change(node_id, None, upd, now, rumor)
                 continue
             if cur.incarnation == upd.incarnation and cur.state is upd.state:
-                if _newer_payload(cur, upd):
-                    self._change(node_id, cur, _with_best_payload(upd, cur), now, rumor)
+                if newer_payload(cur, upd):
+                    self._change(node_id, cur, with_best_payload(upd, cur), now, rumor)
                 continue
             merged = merge((cur.state, cur.incarnation), (upd.state, upd.incarnation))
             if merged is not None:
-                self._change(node_id, cur, _with_best_payload(upd, cur), now, rumor)
-            elif _newer_payload(cur, upd):
-                self._change(node_id, cur, _with_best_payload(cur, upd), now, rumor)
+                self._change(node_id, cur, with_best_payload(upd, cur), now, rumor)
+            elif newer_payload(cur, upd):
+                self._change(node_id, cur, with_best_payload(cur, upd), now, rumor)
 
     def _about_me(self, upd: MemberUpdate) -> None:
         if upd.state is ALIVE:

@@ -1,18 +1,18 @@
-"""Authenticated peer links over aiohttp WebSockets: the handshake, sealed frames, request multiplexing.
+"""Authenticated peer links over aiohttp WebSockets: the I/O around a :class:`~ccied_p2p.codec.session.Session`.
 
-A link is one WebSocket between two nodes, whichever side dialled. After the handshake (see
-:mod:`ccied_p2p.codec.auth`) every binary frame is ``seal(encode_message(msg))``, encrypted and authenticated;
-the clear hellos carry no names or fingerprints, which travel as the first sealed frame each way. A frame
-that fails to open or decode, or is larger than the limit, is logged (rate-limited) and closes the link (the
-session's sequence numbers make a bad frame unrecoverable), and the node keeps serving everyone else.
+A link is one WebSocket between two nodes, whichever side dialled. The protocol (the handshake, sealing and
+opening frames, request ids) is the session's, sans I/O; this module only moves bytes between the socket and
+the session, awaits answers and applies backpressure. After the handshake every binary frame is
+``seal(encode_message(msg))``, encrypted and authenticated; the clear hellos carry no names or fingerprints,
+which travel as the first sealed frame each way. A frame that fails to open or decode, or is larger than the
+limit, is logged (rate-limited) and closes the link (the session's sequence numbers make a bad frame
+unrecoverable), and the node keeps serving everyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,16 +21,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from ccied_p2p.codec.auth import (
-    Role,
-    check_identity,
-    clear_hello,
-    compute_proof,
-    open_session,
-    verify_proof,
-)
+from ccied_p2p.codec.auth import Role
 from ccied_p2p.codec.messages import (
-    Auth,
     ErrorMessage,
     Hello,
     InferInput,
@@ -38,8 +30,9 @@ from ccied_p2p.codec.messages import (
     InferResponse,
     Message,
 )
+from ccied_p2p.codec.session import PROTOCOL_VERSION, Session
 from ccied_p2p.codec.tensor import Limits
-from ccied_p2p.codec.wire import Frame, decode_message, encode_message, peek_message
+from ccied_p2p.codec.wire import Frame
 from ccied_p2p.errors import (
     AuthenticationError,
     CCIEDError,
@@ -50,15 +43,20 @@ from ccied_p2p.errors import (
 )
 from ccied_p2p.logs import RateLimitedLog
 
-__all__ = ["HANDSHAKE_TIMEOUT", "PROTOCOL_VERSION", "WS_PATH", "Link", "LinkClosedError", "handshake"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "PROTOCOL_VERSION",
+    "WS_PATH",
+    "Link",
+    "LinkClosedError",
+    "handshake",
+    "handshake_session",
+]
 
 log = logging.getLogger(__name__)
 # Links closed for bad frames: logged, but never a line per frame an attacker can make a node read.
 frame_log = RateLimitedLog(log)
 
-# 2: frames encrypted (ChaCha20-Poly1305), names and fingerprints only sealed; 3: InferInput (offload), load
-# reports carry the model's and its head's measured cost
-PROTOCOL_VERSION = 3
 WS_PATH = "/ccied"
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -79,71 +77,42 @@ async def _receive_frame(ws: Ws, timeout: float) -> bytes:
     raise AuthenticationError(f"expected a binary handshake frame, got {msg.type.name}")
 
 
-async def handshake(
+async def _flush(ws: Ws, session: Session) -> None:
+    for frame in session.data_to_send():
+        await ws.send_bytes(frame)
+
+
+async def handshake_session(
     ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT
-) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    """Run the mutual challenge-response; returns the peer's full hello and the (seal, open) pair.
+) -> Session:
+    """Run the mutual challenge-response over ``ws``; returns the open session.
 
     The whole exchange must finish within ``timeout`` seconds (a ``TimeoutError`` saying so otherwise).
-    With a secret, the hellos travel without names and fingerprints; each side sends its full hello as its
-    first sealed frame once it has verified the other's proof (the responder right after its own ``Auth``,
-    so the initiator still finishes in two round trips). With ``secret=None`` (insecure mode, explicit
-    opt-in) the full hellos and all frames travel in clear.
+    With ``secret=None`` (insecure mode, explicit opt-in) the full hellos and all frames travel in clear.
     """
+    session = Session(role, me, secret, limits)
     try:
         async with asyncio.timeout(timeout):
-            return await _handshake(ws, role, me, secret, limits, timeout)
+            while True:
+                await _flush(ws, session)
+                if session.is_open:
+                    return session
+                frame = await _receive_frame(ws, timeout)
+                try:
+                    session.receive_data(frame)
+                except (AuthenticationError, CodecError):
+                    await _flush(ws, session)  # what it said before failing (a responder's hello)
+                    raise
     except TimeoutError as exc:
         raise TimeoutError(f"no complete handshake within {timeout:g} s") from exc
 
 
-async def _handshake(
-    ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float
+async def handshake(
+    ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT
 ) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-
-    async def send(msg: Message) -> None:
-        await ws.send_bytes(encode_message(msg))
-
-    async def recv() -> Message:
-        # Only the handshake's own messages: nothing with tensors is decoded before the peer is trusted.
-        msg = decode_message(await _receive_frame(ws, timeout), limits, only=(Hello, Auth, ErrorMessage))
-        if isinstance(msg, ErrorMessage):
-            raise AuthenticationError(f"peer refused the handshake: {msg.message}")
-        return msg
-
-    public = me if secret is None else clear_hello(me)
-    if role is Role.INITIATOR:
-        await send(public)
-        peer = await recv()
-    else:
-        peer = await recv()
-        if isinstance(peer, Hello):
-            await send(public)
-    if not isinstance(peer, Hello):
-        raise AuthenticationError(f"expected Hello, got {type(peer).__name__}")
-    if peer.protocol != PROTOCOL_VERSION:
-        raise AuthenticationError(f"peer speaks protocol {peer.protocol}, this node {PROTOCOL_VERSION}")
-    initiator, responder = (public, peer) if role is Role.INITIATOR else (peer, public)
-    if secret is None:
-        return peer, bytes, bytes
-    mine = compute_proof(secret, role, initiator, responder)
-    sealer, opener = open_session(secret, role, initiator, responder)
-    if role is Role.INITIATOR:
-        await send(Auth(mine))
-        theirs = await recv()
-        if not isinstance(theirs, Auth):
-            raise AuthenticationError(f"expected Auth, got {type(theirs).__name__}")
-        verify_proof(secret, role.peer, initiator, responder, theirs.proof)
-        await ws.send_bytes(sealer.seal(encode_message(me)))
-    else:
-        theirs = await recv()
-        if not isinstance(theirs, Auth):
-            raise AuthenticationError(f"expected Auth, got {type(theirs).__name__}")
-        verify_proof(secret, role.peer, initiator, responder, theirs.proof)
-        await send(Auth(mine))
-        await ws.send_bytes(sealer.seal(encode_message(me)))
-    sealed = decode_message(opener.open(await _receive_frame(ws, timeout)), limits)
-    return check_identity(peer, sealed), sealer.seal, opener.open
+    """:func:`handshake_session`, as the peer's full hello and the session's (seal, open) pair."""
+    session = await handshake_session(ws, role, me, secret, limits, timeout)
+    return session.peer, session.seal, session.open
 
 
 @dataclass
@@ -160,6 +129,9 @@ class Link:
     Incoming messages other than answers go to ``on_message(link, msg)``; the node owns the task that runs
     :meth:`run`. ``admit(link, frame)``, if given, sees each frame's headers before its tensors are decoded
     and returns False to drop it (it answers the peer itself); reading waits for it, which is the backpressure.
+
+    Built from a handshake's ``(peer, seal, open_)`` (:func:`handshake`) or from its open session
+    (:meth:`from_session`); either way :attr:`session` holds the protocol state.
     """
 
     def __init__(
@@ -177,21 +149,52 @@ class Link:
         admit: Callable[[Link, Frame], Awaitable[bool]] | None = None,
     ) -> None:
         self.ws = ws
+        self.session = Session.established(role, peer, seal, open_, limits)
         self._admit = admit
-        self.peer = peer
-        self.role = role
         self.address = address
-        self._seal = seal
-        self._open = open_
-        self._limits = limits
         self._on_message = on_message
         self._warn = refusal_log if refusal_log is not None else frame_log
         self._pending: dict[int, asyncio.Future[InferResponse]] = {}
-        self._ids = itertools.count(1)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._send_lock = asyncio.Lock()
         self.stats = LinkStats()
         self.closed = asyncio.Event()
+
+    @classmethod
+    def from_session(
+        cls,
+        ws: Ws,
+        session: Session,
+        on_message: Callable[[Link, Message, float], Awaitable[None]],
+        max_in_flight: int = 64,
+        address: tuple[str, int] | None = None,
+        refusal_log: RateLimitedLog | None = None,
+        admit: Callable[[Link, Frame], Awaitable[bool]] | None = None,
+    ) -> Link:
+        """The link over ``ws`` for a session :func:`handshake_session` opened."""
+        link = cls(
+            ws,
+            session.peer,
+            session.role,
+            session.seal,
+            session.open,
+            session.limits,
+            on_message,
+            max_in_flight,
+            address,
+            refusal_log,
+            admit,
+        )
+        link.session = session
+        return link
+
+    @property
+    def peer(self) -> Hello:
+        return self.session.peer
+
+    @property
+    def role(self) -> Role:
+        return self.session.role
 
     @property
     def node_id(self) -> bytes:
@@ -201,19 +204,23 @@ class Link:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def send(self, msg: Message) -> int:
-        """Seal and send one message; returns the bytes put on the wire."""
-        return await self._send_frame(self._seal(encode_message(msg)))
-
-    async def _send_frame(self, frame: bytes) -> int:
+    def _check_open(self) -> None:
         if self.closed.is_set():
             raise LinkClosedError(f"link to {self.peer.name} is closed")
-        async with self._send_lock:
-            try:
-                await self.ws.send_bytes(frame)
-            except (ConnectionError, RuntimeError) as exc:
-                self._fail(LinkClosedError(f"send to {self.peer.name} failed: {exc}"))
-                raise LinkClosedError(f"send to {self.peer.name} failed: {exc}") from exc
+
+    async def send(self, msg: Message) -> int:
+        """Seal and send one message; returns the bytes put on the wire."""
+        self._check_open()
+        async with self._send_lock:  # sealed in the order written: the peer accepts only the next sequence
+            self._check_open()
+            return await self._write(self.session.send(msg))
+
+    async def _write(self, frame: bytes) -> int:
+        try:
+            await self.ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError) as exc:
+            self._fail(LinkClosedError(f"send to {self.peer.name} failed: {exc}"))
+            raise LinkClosedError(f"send to {self.peer.name} failed: {exc}") from exc
         self.stats.frames_sent += 1
         self.stats.bytes_sent += len(frame)
         return len(frame)
@@ -222,25 +229,30 @@ class Link:
         self, msg: InferRequest | InferInput, timeout: float
     ) -> tuple[InferResponse, int, float]:
         """Send a tail request or a whole input and await its answer; returns (answer, bytes sent, encode
-        seconds). The request id is this link's.
+        seconds). The request id is this link's (the session's).
 
         At most ``max_in_flight`` requests wait on one link; more wait for a slot (backpressure).
         """
         async with self._slots:
-            request_id = next(self._ids)
             fut: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = fut
+            request_id: int | None = None
             try:
-                start = time.perf_counter()
-                frame = self._seal(encode_message(dataclasses.replace(msg, request_id=request_id)))
-                encode_s = time.perf_counter() - start
-                sent = await self._send_frame(frame)
+                self._check_open()
+                async with self._send_lock:
+                    self._check_open()
+                    start = time.perf_counter()
+                    request_id, frame = self.session.request(msg)
+                    encode_s = time.perf_counter() - start
+                    self._pending[request_id] = fut
+                    sent = await self._write(frame)
                 async with asyncio.timeout(timeout):
                     return await fut, sent, encode_s
             except TimeoutError as exc:
                 raise RequestTimeoutError(f"{self.peer.name} did not answer within {timeout:.3f} s") from exc
             finally:
-                self._pending.pop(request_id, None)
+                if request_id is not None:
+                    self._pending.pop(request_id, None)
+                    self.session.finish(request_id)
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # mark it retrieved: the caller got the error another way
 
@@ -270,7 +282,9 @@ class Link:
                 self.stats.bytes_received += len(data)
                 start = time.perf_counter()
                 try:
-                    frame = peek_message(self._open(data), self._limits)
+                    frame = self.session.receive_data(data)
+                    if frame is None:  # a handshake frame: an open session never returns one
+                        continue
                     if self._admit is not None and not await self._admit(self, frame):
                         continue
                     msg = frame.decode()
@@ -278,12 +292,13 @@ class Link:
                     self._warn.warning("frame", "closing link to %s: bad frame: %s", self.peer.name, exc)
                     reason = exc
                     break
-                if isinstance(msg, InferResponse | ErrorMessage) and msg.request_id in self._pending:
-                    fut = self._pending[msg.request_id]
-                    if not fut.done():
+                request_id = self.session.answers(msg)
+                if request_id is not None:
+                    fut = self._pending.get(request_id)
+                    if fut is not None and not fut.done():
                         if isinstance(msg, InferResponse):
                             fut.set_result(msg)
-                        else:
+                        elif isinstance(msg, ErrorMessage):
                             fut.set_exception(PeerError(f"{self.peer.name}: {msg.message}", msg.code))
                     continue
                 try:
