@@ -118,14 +118,16 @@ def _cmd_prune_lite0(args: argparse.Namespace) -> int:
 
 def _render_cut_table(rows: list[dict[str, Any]]) -> str:
     encodings = list(rows[0]["bytes"])
-    head = f"{'cut':<10} {'shape':<11} {'head':>5} {'JPEG':>6} " + " ".join(
+    head = f"{'cut':<10} {'shape':<11} {'head':>5} {'MACs':>5} {'JPEG':>6} " + " ".join(
         f"{e:>15} {'agree':>6}" for e in encodings
     )
     lines = [head]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         cells = " ".join(f"{r['bytes'][e]:>15.0f} {r['agreement'][e]:>6.3f}" for e in encodings)
-        lines.append(f"{r['cut']:<10} {shape:<11} {r['head_share']:>5.2f} {r['jpeg_bytes']:>6.0f} {cells}")
+        lines.append(
+            f"{r['cut']:<10} {shape:<11} {r['head_share']:>5.2f} {r['head_macs_share']:>5.2f} {r['jpeg_bytes']:>6.0f} {cells}"
+        )
     return "\n".join(lines)
 
 

@@ -383,6 +383,41 @@ def prune_summary(
     }
 
 
+def _macs_by_layer(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of each convolution and linear layer (by name) in one forward of ``model``."""
+    out: dict[str, int] = {}
+
+    def counter(name: str) -> Any:
+        def count(layer: nn.Module, _inputs: Any, y: torch.Tensor) -> None:
+            if isinstance(layer, nn.Conv2d):
+                k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
+                out[name] = out.get(name, 0) + y.numel() * k
+            elif isinstance(layer, nn.Linear):
+                out[name] = out.get(name, 0) + y.numel() * layer.in_features
+
+        return count
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    hooks = [m.register_forward_hook(counter(n)) for n, m in layers]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def _head_macs(macs: dict[str, int], cut: str) -> int:
+    """The stem's and blocks ``0..cut``'s share of :func:`_macs_by_layer`."""
+    i = _block_index(cut)
+    return sum(
+        v
+        for name, v in macs.items()
+        if name.startswith("_conv_stem") or (name.startswith("_blocks.") and int(name.split(".")[1]) <= i)
+    )
+
+
 def cut_table(
     cuts: tuple[str, ...] = tuple(CUTS),
     frames: int = 400,
@@ -393,8 +428,9 @@ def cut_table(
 ) -> list[dict[str, Any]]:
     """Per cut of the unpruned Lite0: head share, bytes per encoding against the JPEG, top-1 agreement.
 
-    Head share: the median time of the head over the median time of the whole forward, one frame at a time on
-    the caller's torch threads, ``repeats`` of each taken in turn (so both see the same load on the machine). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
+    Head share: ``head_share`` the median time of the head over the median time of the whole forward, one frame
+    at a time on the caller's torch threads, ``repeats`` of each taken in turn (so both see the same load on the
+    machine); ``head_macs_share`` the same from counted multiply-accumulates (exact, load-free). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
     Agreement and accuracy: the tail run on the decoded activation, over ``frames`` photo-camera frames on the
     evaluation photos, against the unsplit model's top-1 (accuracy on frames with an object in view)."""
     from ccied_p2p.camera import jpeg_encode
@@ -425,10 +461,12 @@ def cut_table(
                     out.append(time.perf_counter() - start)
         return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
 
+    macs = _macs_by_layer(whole, photos[:1])
     rows = []
     for cut in cuts:
         split = lite0_split(cut, prune=False)
         head_ms, full_ms = median_ms((split.head, whole), photos[:1])
+        head_macs, full_macs = _head_macs(macs, cut), sum(macs.values())
         act_photos = _batched(split.head, photos).numpy()
         act_clips = _batched(split.head, clips).numpy()
         row: dict[str, Any] = {
@@ -439,6 +477,9 @@ def cut_table(
             "head_ms": head_ms,
             "full_ms": full_ms,
             "head_share": head_ms / full_ms,
+            "head_macs": head_macs,
+            "full_macs": full_macs,
+            "head_macs_share": head_macs / full_macs,
             "jpeg_bytes": jpeg,
             "bytes": {},
             "agreement": {},
