@@ -96,7 +96,8 @@ def test_cut_table_orders_encodings_and_measures_the_head() -> None:
     for r in rows:
         b = r["bytes"]
         assert b[lite.WIRE_ENCODING] < b["dense-i8"] < b["sparse-f16-lz4"]
-        assert r["head_ms"] > 0 and r["full_ms"] > 0  # timed; their ratio moves with the machine's load
+        assert r["head_ms"] > 0
+        assert r["full_ms"] > 0
         assert 0 < r["head_macs"] < r["full_macs"]
         assert r["agreement"]["sparse-f16-lz4"] >= 0.95  # f16 rounding alone flips almost nothing
         assert r["agreement"][lite.WIRE_ENCODING] >= 0.75
