@@ -99,8 +99,8 @@ async def test_status_and_metrics_count_what_was_sent(
     a, b, c = trio
     a.config.local_tail_ms = 1000.0  # a slow device: every miss goes to a peer
     x = data.test_x[:12]
-    first = await a.infer(x, concurrency=1)
-    again = await a.infer(x, concurrency=1)  # the same inputs: answered by the cache
+    first = await a.infer_batch(x, concurrency=1)
+    again = await a.infer_batch(x, concurrency=1)  # the same inputs: answered by the cache
     assert isinstance(first, list)
     assert isinstance(again, list)
     results: list[InferenceResult] = first + again
@@ -226,7 +226,7 @@ async def test_events_push_snapshots_and_end_with_the_node(split: SplitModel, da
                     elif line.startswith("data: "):
                         events.append((kind, json.loads(line[6:])))
                         if kind == "hello":
-                            await node.infer(data.test_x[:3], concurrency=1)
+                            await node.infer_batch(data.test_x[:3], concurrency=1)
                         if len(events) == 3:
                             break
             took = time.monotonic() - start
