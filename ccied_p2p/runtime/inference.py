@@ -42,7 +42,7 @@ from ccied_p2p.strategy import choose as choose_strategy
 if TYPE_CHECKING:
     from ccied_p2p.runtime.node import Node
 
-__all__ = ["Inference"]
+__all__ = ["Inference", "Looked"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ Feature = np.ndarray[Any, Any]
 
 
 @dataclasses.dataclass
-class _Looked:
+class Looked:
     """One request's cache lookup: its key (``feature``, None when the cache is off or failed) and answer."""
 
     feature: Feature | None = None
@@ -115,7 +115,7 @@ class Inference:
 
     # ------------------------------------------------------------------ the cache
 
-    def lookup(self, act: np.ndarray[Any, Any], timings: dict[str, float]) -> _Looked:
+    def lookup(self, act: np.ndarray[Any, Any], timings: dict[str, float]) -> Looked:
         """Reduce ``act`` to its cache key and look it up; the key is kept for :meth:`remember`."""
         node = self.node
         self.since_lookup = 0
@@ -124,18 +124,18 @@ class Inference:
             features = node.cache.features(act)
             if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
                 log.warning("[%s] cache lookup skipped: no finite key for one input", node.config.name)
-                return _Looked()
+                return Looked()
             feature = features[0]
             found = node.cache.lookup(feature, node.split.fingerprint, node._now())
         except CCIEDError as exc:
             log.warning("[%s] cache lookup failed: %s", node.config.name, exc)
-            return _Looked()
+            return Looked()
         timings["lookup"] = time.perf_counter() - start
         self.lookup_cost.update(timings["lookup"])
         self.lookups.append(isinstance(found, Hit) and not found.audit)
-        return _Looked(feature, found)
+        return Looked(feature, found)
 
-    def remember(self, looked: _Looked, result: InferenceResult) -> None:
+    def remember(self, looked: Looked, result: InferenceResult) -> None:
         """Tell the cache what the model said: verify an audited hit, insert a miss (under the same key)."""
         node = self.node
         if looked.feature is None:
@@ -165,7 +165,7 @@ class Inference:
         act, head_s = await node._compute.head(x)
         timings: dict[str, float] = {"head": head_s}
         raw_bytes = int(act.size) * 4
-        looked = self.lookup(act, timings) if node.config.cache else _Looked()
+        looked = self.lookup(act, timings) if node.config.cache else Looked()
         if looked.hit is not None:
             return self._cached(looked.hit, timings, t0, raw_bytes)
         # A miss, or a hit the cache wants audited: run the tail and tell the cache what it said.
@@ -337,7 +337,7 @@ class Inference:
         self.since_lookup += 1
         timings: dict[str, float] = {}
         act: np.ndarray[Any, Any] | None = None
-        looked = _Looked()
+        looked = Looked()
         jpeg: InferInput | None = None
         for attempts, option in enumerate(options, start=1):
             done: InferenceResult | None = None
@@ -379,16 +379,16 @@ class Inference:
                 return dataclasses.replace(done, attempts=attempts, chosen=chosen)
         raise RemoteError("every way to answer failed")  # unreachable: local is always an option
 
-    def _key(self, act: np.ndarray[Any, Any]) -> _Looked:
+    def _key(self, act: np.ndarray[Any, Any]) -> Looked:
         """The cache key of ``act`` without a lookup (an answer to insert that was not looked up)."""
         try:
             features = self.node.cache.features(act)
         except CCIEDError as exc:
             log.debug("[%s] no cache key: %s", self.node.config.name, exc)
-            return _Looked()
+            return Looked()
         if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
-            return _Looked()
-        return _Looked(features[0])
+            return Looked()
+        return Looked(features[0])
 
     async def _input_message(self, pixels: np.ndarray[Any, Any], timings: dict[str, float]) -> InferInput:
         node = self.node

@@ -129,7 +129,16 @@ class Node:
             thread_name=f"ccied-{config.name}",
         )
         self._inference = Inference(self)
-        self._serving = Serving(self)
+        self._serving = Serving(
+            config,
+            split,
+            self.input_spec,
+            cache=self.cache,
+            compute=self._compute,
+            counters=self.counters,
+            notify=self._notify,
+            now=self._now,
+        )
         self._mesh = Mesh(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stack = contextlib.AsyncExitStack()

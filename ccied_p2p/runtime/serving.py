@@ -11,11 +11,13 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from ccied_p2p.cache import SemanticCache
 from ccied_p2p.codec.admission import AdmissionPolicy, PeerBudget
 from ccied_p2p.codec.messages import (
     CacheEntries,
@@ -28,11 +30,12 @@ from ccied_p2p.codec.messages import (
 )
 from ccied_p2p.codec.wire import Frame
 from ccied_p2p.errors import CCIEDError, CodecError
-from ccied_p2p.inputs import decode_jpeg
+from ccied_p2p.inputs import InputSpec, decode_jpeg
+from ccied_p2p.runtime.compute import Compute
+from ccied_p2p.runtime.config import NodeConfig
+from ccied_p2p.runtime.results import NodeStats
 from ccied_p2p.runtime.transport import Link, LinkClosedError
-
-if TYPE_CHECKING:
-    from ccied_p2p.runtime.node import Node
+from ccied_p2p.split import SplitModel
 
 __all__ = ["Serving"]
 
@@ -40,11 +43,28 @@ log = logging.getLogger(__name__)
 
 
 class Serving:
-    """The serving side of ``node``: per-peer budgets, refusals, tails and whole inputs run for peers."""
+    """The serving side of a node: per-peer budgets, refusals, tails and whole inputs run for peers.
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg, split, spec = node.config, node.split, node.input_spec
+    It reads the node's ``config`` as it is at each request (a test may turn the cache off), counts into
+    ``counters`` and tells the node's observers through ``notify(hook, *args)``.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        split: SplitModel,
+        spec: InputSpec,
+        *,
+        cache: SemanticCache,
+        compute: Compute,
+        counters: NodeStats,
+        notify: Callable[..., None],
+        now: Callable[[], float],
+    ) -> None:
+        self.config, self.split, self.spec = config, split, spec
+        self.cache, self.compute, self.counters = cache, compute, counters
+        self._notify, self._now = notify, now
+        cfg = config
         self.policy = AdmissionPolicy(
             activation_shape=tuple(split.activation_shape),
             max_rows=cfg.max_batch,
@@ -84,8 +104,8 @@ class Serving:
 
     def refuse(self, link: Link, code: str, reason: str) -> None:
         """Count a refusal and log it, at most 20 lines per 10 s (then one line with the count)."""
-        name = self.node.config.name
-        refused = self.node.counters.refused
+        name = self.config.name
+        refused = self.counters.refused
         refused[code] = refused.get(code, 0) + 1
         now = time.monotonic()
         if now - self._refusal_window > 10.0:
@@ -100,19 +120,18 @@ class Serving:
 
     async def _reply(self, link: Link, reply: Message) -> None:
         if isinstance(reply, ErrorMessage):
-            self.node.counters.serve_errors += 1
+            self.counters.serve_errors += 1
             self.refuse(link, reply.code, reply.message)
         with contextlib.suppress(LinkClosedError):
             await link.send(reply)
 
     def _remember(self, act: np.ndarray[Any, Any], label: int, confidence: float) -> None:
         """Cache what this node computed for a peer (one row), as its own answer."""
-        node = self.node
-        if node.config.cache:
+        if self.config.cache:
             try:
-                node.cache.insert(act, label, confidence, node.split.fingerprint, node._now())
+                self.cache.insert(act, label, confidence, self.split.fingerprint, self._now())
             except CCIEDError as exc:
-                log.debug("[%s] a served answer was not cached: %s", node.config.name, exc)
+                log.debug("[%s] a served answer was not cached: %s", self.config.name, exc)
 
     # ------------------------------------------------------------------ tails (split)
 
@@ -126,9 +145,9 @@ class Serving:
                 budget.release(len(msg.activation), msg.activation.nbytes)
 
     async def _tail_reply(self, link: Link, msg: InferRequest, decode_s: float) -> Message:
-        node, split = self.node, self.node.split
-        if not node.config.serve:
-            return ErrorMessage(msg.request_id, "refused", f"{node.config.name} does not serve tails")
+        cfg, split = self.config, self.split
+        if not cfg.serve:
+            return ErrorMessage(msg.request_id, "refused", f"{cfg.name} does not serve tails")
         if msg.fingerprint != split.fingerprint or msg.split != split.split_at:
             return ErrorMessage(msg.request_id, "fingerprint", "model fingerprint or split does not match")
         if tuple(msg.activation.shape[1:]) != split.activation_shape or msg.activation.shape[0] < 1:
@@ -137,9 +156,9 @@ class Serving:
                 "shape",
                 f"activation {msg.activation.shape}, expected (N, *{split.activation_shape})",
             )
-        labels, confs, tail_s, queue_s = await node._compute.tail(msg.activation, link)
-        node.counters.served += 1
-        node._notify("on_served", len(labels), tail_s)
+        labels, confs, tail_s, queue_s = await self.compute.tail(msg.activation, link)
+        self.counters.served += 1
+        self._notify("on_served", len(labels), tail_s)
         if len(labels) == 1:
             self._remember(msg.activation, labels[0], confs[0])
         return InferResponse(
@@ -161,23 +180,23 @@ class Serving:
                 budget.release(1, self.policy.input_cost(len(msg.data)))
 
     async def _input_reply(self, link: Link, msg: InferInput, decode_s: float) -> Message:
-        node, spec = self.node, self.node.input_spec
-        if not (node.config.serve and node.config.accept_inputs):
-            return ErrorMessage(msg.request_id, "refused", f"{node.config.name} does not run inputs")
-        if msg.fingerprint != node.split.fingerprint:
+        cfg, spec = self.config, self.spec
+        if not (cfg.serve and cfg.accept_inputs):
+            return ErrorMessage(msg.request_id, "refused", f"{cfg.name} does not run inputs")
+        if msg.fingerprint != self.split.fingerprint:
             return ErrorMessage(msg.request_id, "fingerprint", "model fingerprint does not match")
         if msg.preprocess != spec.key or tuple(msg.shape) != spec.shape:
             return ErrorMessage(
                 msg.request_id, "input", f"input {msg.shape} as {msg.preprocess!r}, this node: {spec.key}"
             )
         try:
-            x, jpeg_s = await node._compute.run(self._input_tensor, msg)
+            x, jpeg_s = await self.compute.run(self._input_tensor, msg)
         except CodecError as exc:
             return ErrorMessage(msg.request_id, "input", str(exc))
-        act, head_s = await node._compute.head(x)
-        labels, confs, tail_s, queue_s = await node._compute.tail(act, link)
-        node.counters.served += 1
-        node._notify("on_served", len(labels), tail_s)
+        act, head_s = await self.compute.head(x)
+        labels, confs, tail_s, queue_s = await self.compute.tail(act, link)
+        self.counters.served += 1
+        self._notify("on_served", len(labels), tail_s)
         self._remember(act, labels[0], confs[0])
         return InferResponse(
             msg.request_id,
@@ -188,7 +207,7 @@ class Serving:
 
     def _input_tensor(self, msg: InferInput) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
-        spec = self.node.input_spec
+        spec = self.spec
         if msg.format == "jpeg":
             x = spec.to_tensor(decode_jpeg(msg.data, spec))
         else:
@@ -199,21 +218,20 @@ class Serving:
     # ------------------------------------------------------------------ cache sharing
 
     def _sharing(self) -> bool:
-        cfg = self.node.config
+        cfg = self.config
         return cfg.cache and cfg.share_cache
 
     async def answer_sync(self, link: Link, msg: CacheSync) -> None:
         """Send the entries the asker lacks, as far as one frame carries them."""
         if not self._sharing():
             return
-        entries = self.node.cache.entries_since(dict(msg.known), max_bytes=min(msg.max_bytes, 256 << 10))
+        entries = self.cache.entries_since(dict(msg.known), max_bytes=min(msg.max_bytes, 256 << 10))
         # A prefix keeps the asker's per-origin high-water marks honest; more would not decode there.
-        del entries[self.node.config.limits.max_items :]
+        del entries[self.config.limits.max_items :]
         if entries:
             await link.send(CacheEntries(tuple(entries)))
 
     def merge_entries(self, link: Link, msg: CacheEntries) -> None:
-        node = self.node
-        if not self._sharing() or link.peer.fingerprint != node.split.fingerprint:
+        if not self._sharing() or link.peer.fingerprint != self.split.fingerprint:
             return
-        node.cache.merge(msg.entries, node.split.fingerprint, node._now())
+        self.cache.merge(msg.entries, self.split.fingerprint, self._now())
