@@ -63,7 +63,12 @@ class Looked:
 
 
 class Inference:
-    """The asking side of ``node``: its requests and the costs the per-request choice reads (seconds, bytes)."""
+    """The asking side of ``node``: its requests and the costs the per-request choice reads (seconds, bytes).
+
+    From the node it reads its config, split, input spec, cache, links and membership, and runs on its
+    :class:`~ccied_p2p.runtime.compute.Compute`; it counts retries in ``node.counters`` and owns the rest of
+    what it measures (per-link estimators and fits, lookups, wire sizes).
+    """
 
     def __init__(self, node: Node) -> None:
         self.node = node

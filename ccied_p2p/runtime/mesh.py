@@ -42,7 +42,12 @@ OUTBOX_LIMIT = 32  # messages kept per member while its link is being dialled
 
 
 class Mesh:
-    """The links of ``node``, by peer node id; :meth:`open` before dialling, the node closes the session."""
+    """The links of ``node``, by peer node id; :meth:`open` before dialling, the node closes the session.
+
+    From the node it reads its identity (id, name, fingerprint, port), config, membership and cache (to offer
+    a cache sync on a new link); it hands every message to ``node._on_message``, admits frames through the
+    node's :class:`~ccied_p2p.runtime.serving.Serving`, and runs its tasks with ``node._spawn``.
+    """
 
     def __init__(self, node: Node) -> None:
         self.node = node
