@@ -26,8 +26,12 @@ Model layer (torch)
 - :mod:`ccied_p2p.inputs`    how a frame becomes the model's input (:class:`InputSpec`), JPEG for offloading
 
 Runtime (asyncio)
-- :mod:`ccied_p2p.runtime`   the :class:`Node`, authenticated WebSocket links, mDNS discovery, the connection
-  guard, CPU quotas, and :mod:`~ccied_p2p.runtime.observe` (access, metrics, status, HTTP/SSE routes)
+- :mod:`ccied_p2p.runtime`   the :class:`Node` (``node``: lifecycle, messages, gossip timer) and its parts:
+  ``config`` (:class:`NodeConfig`), ``results`` (:class:`InferenceResult`, :class:`NodeObserver`), ``compute``
+  (head and batched tails on a worker thread), ``inference`` (this node's requests: cache, scheduler, frame
+  strategies), ``serving`` (peers' requests: admission, refusals), ``mesh`` (links: accept, dial, one per peer);
+  ``transport`` (authenticated WebSocket links), ``discovery`` (mDNS), ``guard`` (inbound connections),
+  ``quota`` (CPU quotas), and :mod:`~ccied_p2p.runtime.observe` (access, metrics, status, HTTP/SSE routes)
 - :mod:`ccied_p2p.logs`      logging set-up and rate-limited log lines
 
 Tools
@@ -48,16 +52,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ccied_p2p import datasets, models
     from ccied_p2p.cache import SemanticCache
-    from ccied_p2p.errors import CCIEDError
+    from ccied_p2p.errors import CCIEDError, LocalError, RemoteError
     from ccied_p2p.pruning import prune_split_layer
-    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig, NodeObserver
     from ccied_p2p.split import SplitModel
 
 __all__ = [
     "CCIEDError",
     "InferenceResult",
+    "LocalError",
     "Node",
     "NodeConfig",
+    "NodeObserver",
+    "RemoteError",
     "SemanticCache",
     "SplitModel",
     "datasets",
@@ -70,9 +77,12 @@ __version__ = "0.1.0"
 # that need no model (``status``, ``dashboard``) and the pure layers start fast.
 _LAZY: dict[str, str] = {
     "CCIEDError": "ccied_p2p.errors",
-    "InferenceResult": "ccied_p2p.runtime.node",
+    "InferenceResult": "ccied_p2p.runtime.results",
+    "LocalError": "ccied_p2p.errors",
     "Node": "ccied_p2p.runtime.node",
-    "NodeConfig": "ccied_p2p.runtime.node",
+    "NodeConfig": "ccied_p2p.runtime.config",
+    "NodeObserver": "ccied_p2p.runtime.results",
+    "RemoteError": "ccied_p2p.errors",
     "SemanticCache": "ccied_p2p.cache",
     "SplitModel": "ccied_p2p.split",
     "prune_split_layer": "ccied_p2p.pruning",

@@ -31,7 +31,8 @@ from ccied_p2p.codec.messages import Ack, ErrorMessage, Hello, InferRequest, Inf
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS, encode_tensor
 from ccied_p2p.codec.wire import MESSAGE_TYPES, decode_message, encode_message
 from ccied_p2p.errors import CodecError
-from ccied_p2p.runtime.node import InferenceResult, Node, _TailJob, _TailQueue
+from ccied_p2p.runtime.compute import TailJob, TailQueue
+from ccied_p2p.runtime.node import InferenceResult, Node
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.cluster import LocalCluster
@@ -350,10 +351,10 @@ async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
 async def test_the_tail_queue_serves_askers_round_robin_so_a_full_budget_delays_others_one_batch() -> None:
     loop = asyncio.get_running_loop()
 
-    def job(rows: int) -> _TailJob:
-        return _TailJob(np.zeros((rows, 1), np.float32), loop.create_future(), 0.0)
+    def job(rows: int) -> TailJob:
+        return TailJob(np.zeros((rows, 1), np.float32), loop.create_future(), 0.0)
 
-    queue = _TailQueue()
+    queue = TailQueue()
     flood, honest, local = object(), object(), None
     mallory = [job(32) for _ in range(8)]
     for j in mallory:

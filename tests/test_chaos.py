@@ -104,7 +104,7 @@ async def test_chaos(
         rss_warm: float | None = None
 
         for a in ASKERS:
-            cluster.node(a)._local_tail = _WeakDevice(value=0.050)
+            cluster.node(a)._compute.service = _WeakDevice(value=0.050)
 
         async def ask(a: int) -> None:
             nonlocal done
@@ -174,7 +174,7 @@ async def test_chaos(
         for i in (*ASKERS, *(s for s in SERVERS if cluster.nodes[s].mode == "inprocess")):
             node = cluster.node(i)
             assert len(node.links) <= 4
-            assert all(len(box) <= 32 for box in node._outbox.values())
+            assert all(len(box) <= 32 for box in node._mesh.outbox.values())
             assert len(node.membership.members()) <= 4 + events["restart"] + events["kill"]
             assert len(node.cache) <= node.config.cache_capacity
         for h in cluster.nodes:

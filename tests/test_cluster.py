@@ -115,7 +115,7 @@ async def test_restarted_node_gets_a_new_id_and_is_accepted(
         x = data.test_x[:8]
         want = split(x).argmax(1).tolist()
         node0.config.cache = False
-        results = await node0.infer(x, concurrency=1)
+        results = await node0.infer_batch(x, concurrency=1)
         assert isinstance(results, list)
         assert [r.label for r in results] == want
         assert {r.source for r in results} <= {"peer:node1", "peer:node2"}

@@ -300,7 +300,7 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
         ) as late:
             await until(lambda: bool(late.links))
             late.config.local_tail_ms = 1000.0
-            results = await late.infer(x[:20], concurrency=4)
+            results = await late.infer_batch(x[:20], concurrency=4)
             assert isinstance(results, list)
             assert [r.label for r in results] == want[:20]
 

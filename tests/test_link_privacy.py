@@ -96,7 +96,7 @@ async def _eavesdrop(split: SplitModel, data: datasets.Dataset, *, secure: bool)
         ) as bob,
     ):
         await until(lambda: bob.links)
-        results = await bob.infer(x, concurrency=1)
+        results = await bob.infer_batch(x, concurrency=1)
         assert isinstance(results, list)
         assert [r.source for r in results] == [f"peer:{ALICE}"] * REQUESTS
         assert [r.label for r in results] == split(x).argmax(1).tolist()

@@ -62,7 +62,7 @@ async def test_two_nodes_answer_like_the_full_model(
 ) -> None:
     _a, b = pair
     x = data.test_x[:64]
-    results = await b.infer(x, concurrency=8)
+    results = await b.infer_batch(x, concurrency=8)
     assert isinstance(results, list)
     want = split(x).argmax(1).tolist()
     for r, w in zip(results, want, strict=True):
@@ -84,7 +84,7 @@ async def test_forced_offload_sends_sparse_bytes(split: SplitModel, data: datase
         Node(split, _config("dev", seeds=[srv.address], cache=False, local_tail_ms=1000.0)) as dev,
     ):
         await _until(lambda: dev.links)
-        results = await dev.infer(data.test_x[:20], concurrency=1)
+        results = await dev.infer_batch(data.test_x[:20], concurrency=1)
         assert isinstance(results, list)
         assert {r.source for r in results} == {"peer:srv"}
         want = split(data.test_x[:20]).argmax(1).tolist()

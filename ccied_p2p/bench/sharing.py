@@ -66,7 +66,6 @@ async def _one_run(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 r = await nodes[d].infer(x[i])
-                assert isinstance(r, InferenceResult)
                 out.append((r, int(ref[i])))
             return out
 
@@ -76,12 +75,12 @@ async def _one_run(
         for node in nodes:
             await node.close()
     flat = [pair for dev in per_device for pair in dev]
-    hits = [(r, ref) for r, ref in flat if r.source == "cache"]
+    hits = [(r, ref) for r, ref in flat if r.kind == "cache"]
     return {
         "hit_rate": len(hits) / len(flat),
         "hit_agreement": sum(r.label == ref for r, ref in hits) / len(hits) if hits else None,
         "agreement": sum(r.label == ref for r, ref in flat) / len(flat),
-        "hit_rate_per_device": [sum(r.source == "cache" for r, _ in dev) / len(dev) for dev in per_device],
+        "hit_rate_per_device": [sum(r.kind == "cache" for r, _ in dev) / len(dev) for dev in per_device],
         "entries_merged": merged,
         "failed": 0,
     }

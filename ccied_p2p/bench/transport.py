@@ -57,7 +57,7 @@ def _pct(values: list[float], q: float) -> float:
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from ccied_p2p import datasets
     from ccied_p2p.presets import reference_parts
-    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+    from ccied_p2p.runtime.node import Node, NodeConfig
 
     data = datasets.load(args.data)
     split = reference_parts(args.model, data, amount=args.amount, progress=False)
@@ -92,8 +92,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     await asker.infer(x[i])
                 for i in range(len(x)):
                     r = await asker.infer(x[i])
-                    assert isinstance(r, InferenceResult)
-                    if not r.source.startswith("peer:"):
+                    if r.kind != "peer":
                         continue
                     rtt = r.timings["rtt"]  # from handing the request to the link to holding the answer
                     payload = b"\0" * r.bytes_sent

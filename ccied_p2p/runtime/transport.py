@@ -12,7 +12,6 @@ unrecoverable), and the node keeps serving everyone else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -307,13 +306,19 @@ class Link:
                     log.warning("message %s from %s failed: %s", type(msg).__name__, self.peer.name, exc)
         finally:
             self._fail(reason)
-            with contextlib.suppress(Exception):
-                await self.ws.close()
+            await self._close_ws()
 
     async def close(self) -> None:
         self._fail(LinkClosedError(f"link to {self.peer.name} closed locally"))
-        with contextlib.suppress(Exception):
+        await self._close_ws()
+
+    async def _close_ws(self) -> None:
+        try:
             await self.ws.close()
+        except ConnectionError:
+            pass  # the socket is gone already (the peer dropped it, or abort() did)
+        except Exception:
+            log.warning("closing the link to %s failed", self.peer.name, exc_info=True)
 
     def __repr__(self) -> str:
         return f"Link({self.peer.name}, {self.role.value}, in_flight={self.in_flight})"

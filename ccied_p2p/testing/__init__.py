@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccied_p2p.testing.cluster import LocalCluster, NodeHandle, Sighting, abort_node
+from ccied_p2p.testing.cluster import LocalCluster, NodeHandle, Sighting
 from ccied_p2p.testing.linkmodel import LinkSpec
 from ccied_p2p.testing.relay import Network, Relay
 
@@ -39,7 +39,6 @@ __all__ = [
     "NodeHandle",
     "Relay",
     "Sighting",
-    "abort_node",
     "local_cluster",
 ]
 

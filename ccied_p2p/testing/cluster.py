@@ -35,13 +35,13 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ccied_p2p.codec.messages import MemberState
 from ccied_p2p.errors import ConfigError, LocalError
 from ccied_p2p.gossip.membership import MembershipConfig
 from ccied_p2p.presets import CacheSettings
-from ccied_p2p.runtime.node import Node, NodeConfig, NodeObserver
+from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.runtime.quota import CpuQuota, QuotaSpec
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.linkmodel import LinkSpec
@@ -49,7 +49,7 @@ from ccied_p2p.testing.netns import NetnsLab, unavailable
 from ccied_p2p.testing.nodes import Mode, NodeHandle, Sighting, _Watcher
 from ccied_p2p.testing.relay import Network, Relay
 
-__all__ = ["LocalCluster", "Mode", "NodeHandle", "Sighting", "abort_node"]
+__all__ = ["LocalCluster", "Mode", "NodeHandle", "Sighting"]
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,6 @@ _STATE_OF_KIND = {
 }
 _NETNS_PORT = 7700  # every namespace has its own port space
 _RANK = {MemberState.ALIVE: 0, MemberState.SUSPECT: 1, MemberState.DEAD: 2, MemberState.LEFT: 3}
-
-
-async def abort_node(node: Node) -> None:
-    """Stop ``node`` as a crash would (:meth:`Node.abort`): no Leave; peers see its connections drop."""
-    await node.abort()
 
 
 def _free_port(host: str) -> int:
@@ -310,7 +305,7 @@ class LocalCluster:
 
     def _belief(self, observer: NodeHandle, other: NodeHandle) -> MemberState | None:
         want_id = other.node_id if other.running else None
-        if observer.node is not None and hasattr(observer.node, "membership"):
+        if observer.node is not None and observer.node.started:
             records = [m for m in observer.node.membership.members() if m.name == other.name]
             if want_id is not None:
                 mine = [m for m in records if m.node_id.hex() == want_id]
@@ -428,7 +423,7 @@ class LocalCluster:
             await self._cancel_readers(h)
         elif h.node is not None:
             node, h.node = h.node, None
-            await abort_node(node)
+            await node.abort()  # as a crash would: no Leave; peers see its connections drop
         log.info("killed %s", h.name)
 
     async def restart(self, i: int) -> None:
@@ -494,7 +489,7 @@ class LocalCluster:
             **options,
         )
         node = Node(self.split, config)
-        node.observers.append(cast(NodeObserver, _Watcher(self.sightings)))
+        node.observers.append(_Watcher(self.sightings))
         await node.start()
         if self.cache_settings is not None:
             self.cache_settings.apply(node.cache)

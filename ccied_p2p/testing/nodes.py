@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ccied_p2p.gossip.membership import MemberEvent
-from ccied_p2p.runtime.node import InferenceResult, Node
+from ccied_p2p.runtime.node import Node, NodeObserver
 from ccied_p2p.runtime.quota import CpuQuota
 
 __all__ = ["Mode", "NodeHandle", "Sighting"]
@@ -67,8 +67,8 @@ class NodeHandle:
         return self.process.pid if self.process is not None else None
 
 
-class _Watcher:
-    """A NodeObserver that records membership events as sightings."""
+class _Watcher(NodeObserver):
+    """Records membership events as sightings."""
 
     def __init__(self, sink: list[Sighting]) -> None:
         self._sink = sink
@@ -78,27 +78,6 @@ class _Watcher:
         self._sink.append(
             Sighting(time.monotonic(), node.config.name, m.name, event.kind.value, m.node_id.hex())
         )
-
-    def on_result(self, node: Node, result: InferenceResult) -> None:
-        return None
-
-    def on_failure(self, node: Node, error: BaseException) -> None:
-        return None
-
-    def on_served(self, node: Node, count: int, tail_s: float) -> None:
-        return None
-
-    def on_auth_failure(self, node: Node, peer: str, reason: str) -> None:
-        return None
-
-    def on_gossip_round(self, node: Node) -> None:
-        return None
-
-    def on_link_opened(self, node: Node, link: Any) -> None:
-        return None
-
-    def on_link_closed(self, node: Node, link: Any) -> None:
-        return None
 
     def __getattr__(self, name: str) -> Any:
         # Observer hooks added to the runtime later are ignored rather than breaking the harness.

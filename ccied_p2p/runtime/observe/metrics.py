@@ -82,10 +82,7 @@ class Collector:
 
     @staticmethod
     def _cache(obs: Observer) -> Iterable[Metric]:
-        node = obs.node
-        if not hasattr(node, "cache"):
-            return
-        cache = node.cache
+        cache = obs.node.cache
         st = cache.stats()
         for name, value, doc in (
             ("hits", st.hits, "Cache lookups answered from the cache."),

@@ -17,9 +17,10 @@ from prometheus_client.exposition import choose_encoder
 
 from ccied_p2p.codec.messages import MemberUpdate
 from ccied_p2p.gossip.membership import MemberEvent, MemberEventKind
+from ccied_p2p.runtime.results import InferenceResult, NodeObserver
 
 if TYPE_CHECKING:
-    from ccied_p2p.runtime.node import InferenceResult, Node
+    from ccied_p2p.runtime.node import Node
     from ccied_p2p.runtime.transport import Link
 from ccied_p2p.runtime.observe.metrics import LATENCY_BUCKETS, STAGES, STATE_ORDER, Collector
 
@@ -37,10 +38,6 @@ def _num(x: float | None, digits: int = 6) -> float | None:
     if x is None or not math.isfinite(x):
         return None
     return round(float(x), digits)
-
-
-def _kind(source: str) -> str:
-    return "peer" if source.startswith("peer:") else source
 
 
 def _percentiles_ms(values: Iterable[float]) -> dict[str, Any]:
@@ -71,7 +68,7 @@ class _Traffic:
         self.frames_received += other.frames_received
 
 
-class Observer:
+class Observer(NodeObserver):
     """The node's metrics and history: a :class:`~ccied_p2p.runtime.node.NodeObserver` plus scrape-time reads.
 
     Every callback is O(1)-ish and never raises; the registry is this node's own (several nodes share a
@@ -147,9 +144,7 @@ class Observer:
     # ------------------------------------------------------------------ NodeObserver
 
     def on_result(self, node: Node, result: InferenceResult) -> None:
-        source = result.source
-        kind = _kind(source)
-        peer = source[5:] if kind == "peer" else ""
+        source, kind, peer = result.source, result.kind, result.peer or ""
         self.requests.labels(kind, peer, "ok" if result.attempts <= 1 else "failover").inc()
         for stage, seconds in result.timings.items():
             if stage in STAGES and math.isfinite(seconds) and seconds >= 0:
@@ -198,7 +193,7 @@ class Observer:
 
     def members(self) -> list[MemberUpdate]:
         node = self.node
-        if not hasattr(node, "membership"):
+        if not node.started:
             return []
         return sorted(
             (m for m in node.membership.members() if m.node_id != node.node_id),
@@ -206,7 +201,7 @@ class Observer:
         )
 
     def me(self) -> MemberUpdate | None:
-        return self.node.membership.me if hasattr(self.node, "membership") else None
+        return self.node.membership.me if self.node.started else None
 
     def recent_hit_rate(self) -> float | None:
         me = self.me()
@@ -367,9 +362,7 @@ class Observer:
             src: {"count": n, "latency_ms": _percentiles_ms(self._latencies.get(src, ()))}
             for src, n in sorted(c.by_source.items())
         }
-        by_kind: dict[str, int] = {"cache": 0, "local": 0, "peer": 0}
-        for src, n in c.by_source.items():
-            by_kind[_kind(src)] = by_kind.get(_kind(src), 0) + n
+        by_kind: dict[str, int] = {"cache": 0, "local": 0, "peer": 0, **c.by_kind}
         states = dict.fromkeys(STATE_ORDER, 0)
         for m in self.members():
             states[m.state.value] += 1
@@ -425,8 +418,6 @@ class Observer:
 
     def _cache_status(self) -> dict[str, Any] | None:
         node = self.node
-        if not hasattr(node, "cache"):
-            return None
         cache = node.cache
         st = cache.stats()
         looked = st.hits + st.misses
