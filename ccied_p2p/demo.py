@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ccied_p2p.datasets import Dataset
+from ccied_p2p.launch import READY, start_serve, stop_serve
 from ccied_p2p.presets import CacheSettings, activations, calibrate
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
@@ -28,13 +28,9 @@ __all__ = [
     "demo",
     "render_demo",
     "serve_forever",
-    "start_serve_process",
-    "stop_serve_process",
     "stream",
     "summarize",
 ]
-
-READY = "READY"
 
 
 async def serve_forever(split: SplitModel, config: NodeConfig, settings: CacheSettings | None = None) -> None:
@@ -102,35 +98,6 @@ def render_demo(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def start_serve_process(
-    args: Sequence[str], env: dict[str, str], timeout: float = 300.0
-) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``ccied-p2p <args>`` (a ``serve``) and wait for its READY line; returns it and its address."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ccied_p2p.cli", *args, stdout=asyncio.subprocess.PIPE, env=env
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError(f"node process {args} exited before it was ready")
-            if line.startswith(READY):
-                return proc, line.split()[1]
-
-
-async def stop_serve_process(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM (the node leaves gracefully), then SIGKILL after 10 s."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def _drive(
     node: Node, x: torch.Tensor, concurrency: int, desc: str, progress: bool
 ) -> tuple[list[InferenceResult], float]:
@@ -185,7 +152,7 @@ async def demo(
         settings.apply(node.cache)
         try:
             for name in ("demo-b", "demo-c"):
-                proc, _addr = await start_serve_process(
+                proc, _addr = await start_serve(
                     [
                         "serve",
                         "--model",
@@ -209,8 +176,7 @@ async def demo(
                 results, elapsed = await _drive(node, x, concurrency, "demo", progress)
         finally:
             for proc in children:
-                with contextlib.suppress(ProcessLookupError):
-                    await stop_serve_process(proc)
+                await stop_serve(proc)
     out = summarize(results, reference, truth)
     out.update(
         {

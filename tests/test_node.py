@@ -16,8 +16,8 @@ import pytest
 from ccied_p2p import datasets
 from ccied_p2p.codec.messages import Hello
 from ccied_p2p.codec.wire import encode_message
-from ccied_p2p.demo import start_serve_process, stop_serve_process
 from ccied_p2p.errors import ConfigError
+from ccied_p2p.launch import start_serve, stop_serve
 from ccied_p2p.presets import calibrate
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION
@@ -164,7 +164,7 @@ async def test_graceful_leave_is_seen_by_peers(split: SplitModel) -> None:
 
 async def _spawn_serve(name: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
     args = ["serve", "--model", "lenet", "--data", "mnist-5k", "--amount", "0.5", "--name", name, *extra]
-    return await start_serve_process(args, {**os.environ, "CCIED_SECRET": SECRET}, timeout=240)
+    return await start_serve(args, {**os.environ, "CCIED_SECRET": SECRET}, timeout=240)
 
 
 @pytest.mark.slow
@@ -182,7 +182,7 @@ async def test_three_processes_find_each_other(split: SplitModel, mdns: bool) ->
             await _until(lambda: all(m.state.value == "alive" for m in node.peers.values()), 3.0)
     finally:
         for p in procs:
-            await stop_serve_process(p)
+            await stop_serve(p)
 
 
 @pytest.mark.slow
@@ -231,7 +231,7 @@ async def test_thousand_requests_and_a_sigkill_midstream(split: SplitModel, data
     finally:
         for p in procs:
             if p.returncode is None:
-                await stop_serve_process(p)
+                await stop_serve(p)
 
 
 async def test_leaving_withdraws_the_mdns_record(split: SplitModel) -> None:

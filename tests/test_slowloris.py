@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ccied_p2p.demo import READY, stop_serve_process
+from ccied_p2p.launch import READY, stop_serve
 from ccied_p2p.logs import RateLimitedLog
 from ccied_p2p.runtime.guard import (
     ACCEPT_STORM_MESSAGE,
@@ -216,7 +216,7 @@ async def test_trickling_heads_are_closed_and_everyone_else_gets_in(
             metrics = await resp.text()
     finally:
         stop.set()
-        await stop_serve_process(proc)
+        await stop_serve(proc)
     log_bytes = log_path.stat().st_size
     refused = {
         r: _metric(metrics, "ccied_connections_refused_total", reason=r)

@@ -56,9 +56,9 @@ async def _client(address: str, secret: str, fingerprint: str, split_at: str) ->
 async def _start_server(
     args: argparse.Namespace, model: str, max_batch: int, data_name: str, secret: str
 ) -> tuple[asyncio.subprocess.Process, str]:
-    from ccied_p2p.demo import start_serve_process
+    from ccied_p2p.launch import start_serve
 
-    return await start_serve_process(
+    return await start_serve(
         ["serve", "--model", model, "--data", data_name, "--amount", str(args.amount), "--no-mdns",
          "--max-batch", str(max_batch), "--name", f"bench-{max_batch}"],
         {**os.environ, "CCIED_SECRET": secret},
@@ -71,7 +71,7 @@ async def _compare(
 ) -> dict[str, float]:
     """Both servers up at once; low-load and saturation runs alternate between them, medians per server."""
     from ccied_p2p.codec.messages import InferRequest
-    from ccied_p2p.demo import stop_serve_process
+    from ccied_p2p.launch import stop_serve
 
     secret = "bench-serve-secret"
     procs: list[asyncio.subprocess.Process] = []
@@ -124,7 +124,7 @@ async def _compare(
         for session, _ in clients:
             await session.close()
         for proc in procs:
-            await stop_serve_process(proc)
+            await stop_serve(proc)
     return {
         "rps_batched": statistics.median(rps[0]),
         "rps_batch1": statistics.median(rps[1]),
