@@ -33,6 +33,7 @@ def test_quick_regimes(tmp_path: Path) -> None:
     regimes.add_arguments(parser)
     result = regimes.run(parser.parse_args(["--quick", "--frames", "4", "--plots", str(tmp_path)]))
     rows = result["regimes"]
+    assert result["split_encoding"] == "dense-i4"  # lite.WIRE_ENCODING: the split sends 4-bit values
     assert [(r["quota"], r["mbit"], r["stream"], r["frames_stay"]) for r in rows] == [
         (0.25, 10.0, "camera", False),
         (0.25, 10.0, "camera", True),
@@ -52,6 +53,6 @@ def test_quick_regimes(tmp_path: Path) -> None:
     assert not any(u.endswith("offload") for u in stay["used"])  # frames never left the device
     assert (
         stay["accuracy"] >= 0.75
-    )  # the same model and frames; only f16 on the wire may flip an unsure top-1
+    )  # the same model and frames; only 4-bit values on the wire may flip an unsure top-1
     assert (tmp_path / "regimes_ratio.png").stat().st_size > 0
     assert (tmp_path / "regimes_cdf.png").stat().st_size > 0
