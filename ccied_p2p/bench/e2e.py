@@ -6,8 +6,8 @@ behind the link emulator (:class:`~ccied_p2p.testing.LocalCluster`: user-space r
 ============== =====================================================================================
 local          the whole model on the asking node (no network)
 offload        the raw input to a peer that runs the whole model (28x28: the normalised image as
-               dense-f16-lz4 through a head that is the identity; camera frames: JPEG, quality 90, over a
-               bare WebSocket behind the same relay, since an InferRequest carries float tensors only)
+               dense-f16-lz4 through a head that is the identity; camera frames: JPEG, quality 90, in the
+               nodes' own offload message, ``Node.infer_frame`` with ``only=Strategy.OFFLOAD``)
 split          Neurosurgeon-style: head on the asker, the unpruned activation as dense float32, tail on a peer
 split_pruned   the split layer pruned (fine-tuned), the activation as sparse-f16-lz4, no cache
 ccied          split_pruned plus the asker's semantic cache (calibrated on a stream of another seed)
@@ -55,7 +55,7 @@ from ccied_p2p.bench.e2e_parts import (
     _parts_28,
     _stream_28,
 )
-from ccied_p2p.bench.e2e_runners import _pp, _run_jpeg_offload, _run_nodes
+from ccied_p2p.bench.e2e_runners import _pp, _run_input_offload, _run_nodes
 
 __all__ = ["CONFIGS", "add_arguments", "render", "run"]
 
@@ -344,7 +344,9 @@ async def _all(args: argparse.Namespace, plan_: list[dict[str, Any]], bar: Any) 
             for config in CONFIGS:
                 bar.set_description(f"camera-224 {EFFNET} {mbit:g} Mbit/s {config}")
                 if config == "offload":
-                    rec = await _run_jpeg_offload(net, estream, mbit, args.rtt_ms, 90, lambda: bar.update())
+                    rec = await _run_input_offload(
+                        eparts, estream, mbit, args.rtt_ms, 90, lambda: bar.update()
+                    )
                 else:
                     rec = await _run_nodes(config, eparts, estream, mbit, args.rtt_ms, lambda: bar.update())
                 econfigs[config] = _metrics(rec, estream, keep_latencies=True)
