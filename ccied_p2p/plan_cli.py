@@ -6,6 +6,12 @@ What is measured here: the per-layer profile (one thread), the wire size of each
 default cut's ratios and flagged ``measured: false``. The hit rate is the cache calibration's (on a camera
 stream of its own seed) unless ``--hit-rate`` is given. The planner itself is :mod:`ccied_p2p.planner`.
 
+``--model efficientnet-lite0`` plans at camera resolution instead: the profile of the pretrained Lite0 at 224 px,
+its cuts after ``_blocks.3/5/8/11`` each sent in ``sparse-f16-lz4`` (exact) or ``dense-i4`` (4-bit values),
+with wire sizes on evaluation-clip frames and the accuracy each costs on photo-camera frames over the evaluation
+photos (:func:`ccied_p2p.lite.cut_table`, ``--frames`` of them); offload sends the frame's 224-px q90 JPEG. Its
+hit rate is 0 unless ``--hit-rate`` says otherwise (``bench cache --workload photo-camera`` measures one).
+
 It also prints the per-request strategy (:func:`ccied_p2p.strategy.choose`, what a node picks among cache,
 local, offload and split) for a device on ``--quota`` of a core (its costs: the profile / quota; ``bench quota``
 measured 4.0x at 25% and 10.6x at 10% with Lite0) and one idle full-speed peer; ``--frames-stay`` forbids
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,7 +32,7 @@ __all__ = ["add_arguments", "cached_amounts", "measure", "plan", "render", "slow
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="vgg", choices=["lenet", "vgg"])
+    parser.add_argument("--model", default="vgg", choices=["lenet", "vgg", "efficientnet-lite0"])
     parser.add_argument("--data", default=None, help="data set (default: the best one present)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--mbit", type=float, default=10.0, help="link rate, Mbit/s")
@@ -50,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=int, default=20, help="profile repeats per layer")
     parser.add_argument("--top", type=int, default=10, help="plans to show")
+    parser.add_argument("--frames", type=int, default=120, help="Lite0: photo-camera frames for accuracy")
 
 
 def cached_amounts(model: str, data: Any, amounts: Sequence[float]) -> list[float]:
@@ -67,8 +75,67 @@ def _wire(acts: Any, encoding: str) -> float:
     return float(np.mean([len(encode_tensor(acts[i : i + 1], encoding)) for i in range(len(acts))]))
 
 
+def _measure_lite0(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure` for EfficientNet-Lite0 at 224 px (no data set: the camera workloads of ccied_p2p.video)."""
+    import torch
+
+    from ccied_p2p import lite
+    from ccied_p2p.planner import Link, PruneOption, situation
+    from ccied_p2p.planner import plan as make_plan
+    from ccied_p2p.strategy import StrategyPolicy, choose
+
+    torch.set_num_threads(1)
+    encodings = ("sparse-f16-lz4", lite.WIRE_ENCODING)
+    base = lite.lite0_split(lite.DEFAULT_CUT, prune=False)
+    profile = base.profile(repeats=args.repeats)
+    rows = lite.cut_table(frames=args.frames, clip_step=8, encodings=encodings, repeats=3)
+    options: dict[str, list[PruneOption]] = {}
+    cuts: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        raw = 4 * math.prod(row["shape"])
+        drop = {e: max(0.0, 100.0 * (row["accuracy_unsplit"] - row["accuracy"][e])) for e in encodings}
+        options[row["split"]] = [PruneOption(0.0, row["bytes"][e] / raw, drop[e], True, e) for e in encodings]
+        cuts[row["split"]] = {
+            "cut": row["cut"],
+            "raw_bytes": raw,
+            "bytes": row["bytes"],
+            "agreement": row["agreement"],
+            "accuracy_drop_pp": drop,
+            "head_macs_share": row["head_macs_share"],
+        }
+    input_wire = rows[0]["jpeg_bytes"] if args.input_bytes is None else args.input_bytes
+    hit_rate = 0.0 if args.hit_rate is None else args.hit_rate
+    link = Link.mbit(args.mbit, args.rtt_ms)
+    slowdown = slowdown_of(args)
+    common = {"max_drop_pp": args.max_drop_pp, "input_wire_bytes": input_wire, "slowdown": slowdown}
+    plans = make_plan(profile, link, hit_rate, options, **common)
+    strategy = choose(
+        situation(profile, link, hit_rate, options, **common), StrategyPolicy(frames_stay=args.frames_stay)
+    )
+    return {
+        "model": lite.MODEL,
+        "dataset": f"photo camera over the evaluation photos ({args.frames} frames); evaluation clips (bytes)",
+        "link": {"mbit": args.mbit, "rtt_ms": args.rtt_ms},
+        "hit_rate": hit_rate,
+        "slowdown": slowdown,
+        "quota": args.quota,
+        "frames_stay": args.frames_stay,
+        "strategy": strategy_json(strategy),
+        "max_drop_pp": args.max_drop_pp,
+        "accuracy_unpruned": rows[0]["accuracy_unsplit"],
+        "cuts": cuts,
+        "pruned": [],
+        "input_wire_bytes": input_wire,
+        "recommendation": asdict(plans[0]) | {"label": plans[0].label},
+        "best_split": next((asdict(p) | {"label": p.label} for p in plans if p.kind == "split"), None),
+        "plans": [asdict(p) | {"label": p.label} for p in plans[: max(1, args.top)]],
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Profile, wire sizes, pruned options and hit rate for ``args.model``; then plan."""
+    if args.model == "efficientnet-lite0":
+        return _measure_lite0(args)
     import numpy as np
     import torch
 

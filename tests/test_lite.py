@@ -117,3 +117,42 @@ def test_unpruned_summary_sends_every_channel_in_four_bits() -> None:
     assert out["bytes_per_transfer"] == 192 * 49 // 2 + 4 * 192 + 18
     assert out["bytes_per_transfer"] < 0.5 * out["jpeg_bytes"]
     assert out["recipe"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_plan_at_camera_resolution_ranks_every_cut_and_encoding() -> None:
+    """`ccied-p2p plan --model efficientnet-lite0`: four cuts in two encodings, offload, local; the policy
+    on a 25% device agrees with the plan's own ranking, and with frames kept on the device never offloads."""
+    import argparse
+
+    from ccied_p2p.plan_cli import add_arguments, measure
+
+    _model()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = [
+        "--model",
+        "efficientnet-lite0",
+        "--frames",
+        "16",
+        "--repeats",
+        "2",
+        "--quota",
+        "0.25",
+        "--top",
+        "20",
+    ]
+    out = measure(parser.parse_args(base))
+    assert set(out["cuts"]) == {"_blocks.3._bn2", "_blocks.5._bn2", "_blocks.8._bn2", "_blocks.11._bn2"}
+    labels = {p["label"] for p in out["plans"]}
+    assert {"local", "offload"} <= labels
+    assert {p["encoding"] for p in out["plans"] if p["kind"] == "split"} == {"sparse-f16-lz4", "dense-i4"}
+    for cut in out["cuts"].values():
+        assert cut["bytes"]["dense-i4"] < cut["bytes"]["sparse-f16-lz4"]
+    assert out["input_wire_bytes"] > 0  # the frames' JPEG
+    assert out["slowdown"] == 4.0
+    # The policy's first choice is the plan's best kind (both from the same numbers).
+    assert out["strategy"]["options"][0]["strategy"] == out["recommendation"]["kind"]
+    stay = measure(parser.parse_args([*base, "--frames-stay"]))
+    assert all(o["strategy"] != "offload" for o in stay["strategy"]["options"])
