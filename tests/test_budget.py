@@ -84,8 +84,8 @@ class Hostile:
     async def connect(cls, session: aiohttp.ClientSession, address: str, fingerprint: str) -> Hostile:
         ws = await session.ws_connect(f"http://{address}{WS_PATH}", max_msg_size=0)
         me = Hello(os.urandom(16), "mallory", fingerprint, PROTOCOL_VERSION, new_nonce(), 1)
-        _, seal, open_ = await handshake(ws, Role.INITIATOR, me, SECRET, DEFAULT_LIMITS)
-        return cls(ws, me.node_id, seal, open_)
+        opened = await handshake(ws, Role.INITIATOR, me, SECRET, DEFAULT_LIMITS)
+        return cls(ws, me.node_id, opened.seal, opened.open)
 
     async def send(self, frame: bytes) -> None:
         async with self._lock:

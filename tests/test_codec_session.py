@@ -21,7 +21,6 @@ from ccied_p2p.codec.messages import (
     Ping,
 )
 from ccied_p2p.codec.session import PROTOCOL_VERSION, Session, SessionState
-from ccied_p2p.codec.tensor import Limits
 from ccied_p2p.codec.wire import Frame, decode_message, encode_message
 from ccied_p2p.errors import AuthenticationError, LocalError, UnsupportedError
 
@@ -300,14 +299,6 @@ def test_nothing_is_sent_before_the_session_opens() -> None:
     for call in (lambda: i.send(Ping(1)), lambda: i.request(InferInput(0, FP, "p", "jpeg", (3, 2, 2), b"j"))):
         with pytest.raises(LocalError, match="hello, not open"):
             call()
-
-
-def test_an_established_session_wraps_a_handshake_run_elsewhere() -> None:
-    i, r, _ = opened()
-    j = Session.established(Role.INITIATOR, i.peer, i.seal, i.open, Limits())
-    assert (j.is_open, j.peer, j.role, j.data_to_send()) == (True, r._me, Role.INITIATOR, [])
-    assert deliver(j, r, Ping(1)) == Ping(1)
-    assert deliver(r, j, Ping(2)) == Ping(2)
 
 
 # -- request ids ----------------------------------------------------------------------------------------------------

@@ -205,8 +205,8 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
         ) -> tuple[aiohttp.ClientWebSocketResponse, Callable[[bytes], bytes]]:
             ws = await session.ws_connect(url, max_msg_size=0)
             hello = Hello(os.urandom(16), "mallory", split.fingerprint, PROTOCOL_VERSION, new_nonce(), 1)
-            _, seal, _ = await handshake(ws, Role.INITIATOR, hello, SECRET, DEFAULT_LIMITS)
-            return ws, seal
+            opened = await handshake(ws, Role.INITIATOR, hello, SECRET, DEFAULT_LIMITS)
+            return ws, opened.seal
 
         async def fuzz() -> None:
             async with aiohttp.ClientSession() as session:

@@ -20,14 +20,14 @@ from ccied_p2p.codec.session import SessionState
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.runtime.node import Node, NodeConfig
-from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, handshake_session
+from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, handshake
 from ccied_p2p.split import SplitModel
 
 SECRET = "transport-secret-0123456789"
 
 
 class Client:
-    """One authenticated link to a node, built the new way: handshake_session, then Link.from_session."""
+    """One authenticated link to a node, built as the node builds it: handshake, then Link over the session."""
 
     def __init__(self, link: Link, me: Hello) -> None:
         self.link, self.me = link, me
@@ -48,7 +48,7 @@ async def client(split: SplitModel) -> AsyncIterator[tuple[Node, Client]]:
     ):
         ws = await http.ws_connect(f"http://{srv.address}{WS_PATH}")
         me = Hello(os.urandom(16), "client", split.fingerprint, PROTOCOL_VERSION, new_nonce(), 1)
-        session = await handshake_session(ws, Role.INITIATOR, me, SECRET, DEFAULT_LIMITS)
+        session = await handshake(ws, Role.INITIATOR, me, SECRET, DEFAULT_LIMITS)
         assert session.state is SessionState.OPEN
         assert (session.peer.name, session.peer.fingerprint) == ("srv", split.fingerprint)
         holder: list[Client] = []
@@ -56,7 +56,7 @@ async def client(split: SplitModel) -> AsyncIterator[tuple[Node, Client]]:
         async def on_message(link: Link, msg: Message, decode_s: float) -> None:
             await holder[0].on_message(link, msg, decode_s)
 
-        link = Link.from_session(ws, session, on_message)
+        link = Link(ws, session, on_message)
         holder.append(Client(link, me))
         assert link.session is session
         assert (link.peer, link.role) == (session.peer, Role.INITIATOR)

@@ -42,14 +42,14 @@ async def _client(address: str, secret: str, fingerprint: str, split_at: str) ->
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(f"http://{address}{WS_PATH}", max_msg_size=16 << 20)
     me = Hello(os.urandom(16), "bench-client", fingerprint, PROTOCOL_VERSION, new_nonce(), 1)
-    peer, seal, open_ = await handshake(ws, Role.INITIATOR, me, secret, DEFAULT_LIMITS)
+    opened = await handshake(ws, Role.INITIATOR, me, secret, DEFAULT_LIMITS)
 
     async def answer_probes(link: Link, msg: object, _decode_s: float) -> None:
         # The server runs SWIM over the link: a client that never acks would be declared dead.
         if isinstance(msg, Ping):
             await link.send(Ack(msg.seq, me.node_id))
 
-    link = Link(ws, peer, Role.INITIATOR, seal, open_, DEFAULT_LIMITS, answer_probes, max_in_flight=1024)
+    link = Link(ws, opened, answer_probes, max_in_flight=1024)
     return session, link
 
 

@@ -112,18 +112,6 @@ class Session:
         if self.role is Role.INITIATOR:
             self._out.append(encode_message(self._public))
 
-    @classmethod
-    def established(
-        cls, role: Role, peer: Hello, seal: Transform, open_: Transform, limits: Limits = DEFAULT_LIMITS
-    ) -> Session:
-        """An open session from a handshake run elsewhere (its peer and its (seal, open) pair)."""
-        # Built as an insecure responder, which queues nothing; its own hello is never used once open.
-        session = cls(Role.RESPONDER, peer, None, limits)
-        session.role = Role(role)
-        session.state = SessionState.OPEN
-        session._peer, session._seal, session._open = peer, seal, open_
-        return session
-
     # -- state -----------------------------------------------------------------------------------------
 
     @property

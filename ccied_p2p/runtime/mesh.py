@@ -92,7 +92,7 @@ class Mesh:
         await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         try:
-            peer, seal, open_ = await handshake(
+            session = await handshake(
                 ws, Role.RESPONDER, self._hello(), cfg.secret, cfg.limits, cfg.handshake_timeout
             )
         except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
@@ -114,11 +114,7 @@ class Mesh:
             return ws
         link = Link(
             ws,
-            peer,
-            Role.RESPONDER,
-            seal,
-            open_,
-            cfg.limits,
+            session,
             node._on_message,
             cfg.max_in_flight,
             refusal_log=node.refusal_log,
@@ -138,7 +134,7 @@ class Mesh:
             autoping=True,
         )
         try:
-            peer, seal, open_ = await handshake(
+            session = await handshake(
                 ws, Role.INITIATOR, self._hello(), cfg.secret, cfg.limits, cfg.handshake_timeout
             )
         except BaseException:
@@ -146,18 +142,14 @@ class Mesh:
             raise
         link = Link(
             ws,
-            peer,
-            Role.INITIATOR,
-            seal,
-            open_,
-            cfg.limits,
+            session,
             node._on_message,
             cfg.max_in_flight,
             address=(host, port),
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
-        node._spawn(self.adopt(link), f"link:{peer.name}")
+        node._spawn(self.adopt(link), f"link:{session.peer.name}")
 
     async def dial_address(self, address: str, attempts: int = 20) -> None:
         """Dial ``host:port`` until it answers (backing off up to 2 s), at most ``attempts`` times."""

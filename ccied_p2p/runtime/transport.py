@@ -49,7 +49,6 @@ __all__ = [
     "Link",
     "LinkClosedError",
     "handshake",
-    "handshake_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ async def _flush(ws: Ws, session: Session) -> None:
         await ws.send_bytes(frame)
 
 
-async def handshake_session(
+async def handshake(
     ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT
 ) -> Session:
     """Run the mutual challenge-response over ``ws``; returns the open session.
@@ -106,14 +105,6 @@ async def handshake_session(
         raise TimeoutError(f"no complete handshake within {timeout:g} s") from exc
 
 
-async def handshake(
-    ws: Ws, role: Role, me: Hello, secret: str | None, limits: Limits, timeout: float = HANDSHAKE_TIMEOUT
-) -> tuple[Hello, Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    """:func:`handshake_session`, as the peer's full hello and the session's (seal, open) pair."""
-    session = await handshake_session(ws, role, me, secret, limits, timeout)
-    return session.peer, session.seal, session.open
-
-
 @dataclass
 class LinkStats:
     frames_sent: int = 0
@@ -129,26 +120,23 @@ class Link:
     :meth:`run`. ``admit(link, frame)``, if given, sees each frame's headers before its tensors are decoded
     and returns False to drop it (it answers the peer itself); reading waits for it, which is the backpressure.
 
-    Built from a handshake's ``(peer, seal, open_)`` (:func:`handshake`) or from its open session
-    (:meth:`from_session`); either way :attr:`session` holds the protocol state.
+    Built over the session :func:`handshake` opened on ``ws``; :attr:`session` holds the protocol state.
     """
 
     def __init__(
         self,
         ws: Ws,
-        peer: Hello,
-        role: Role,
-        seal: Callable[[bytes], bytes],
-        open_: Callable[[bytes], bytes],
-        limits: Limits,
+        session: Session,
         on_message: Callable[[Link, Message, float], Awaitable[None]],
         max_in_flight: int = 64,
         address: tuple[str, int] | None = None,
         refusal_log: RateLimitedLog | None = None,
         admit: Callable[[Link, Frame], Awaitable[bool]] | None = None,
     ) -> None:
+        if not session.is_open:
+            raise ValueError("a link needs a session whose handshake is complete")
         self.ws = ws
-        self.session = Session.established(role, peer, seal, open_, limits)
+        self.session = session
         self._admit = admit
         self.address = address
         self._on_message = on_message
@@ -158,34 +146,6 @@ class Link:
         self._send_lock = asyncio.Lock()
         self.stats = LinkStats()
         self.closed = asyncio.Event()
-
-    @classmethod
-    def from_session(
-        cls,
-        ws: Ws,
-        session: Session,
-        on_message: Callable[[Link, Message, float], Awaitable[None]],
-        max_in_flight: int = 64,
-        address: tuple[str, int] | None = None,
-        refusal_log: RateLimitedLog | None = None,
-        admit: Callable[[Link, Frame], Awaitable[bool]] | None = None,
-    ) -> Link:
-        """The link over ``ws`` for a session :func:`handshake_session` opened."""
-        link = cls(
-            ws,
-            session.peer,
-            session.role,
-            session.seal,
-            session.open,
-            session.limits,
-            on_message,
-            max_in_flight,
-            address,
-            refusal_log,
-            admit,
-        )
-        link.session = session
-        return link
 
     @property
     def peer(self) -> Hello:
