@@ -31,7 +31,9 @@ def test_quick_regimes(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
     regimes.add_arguments(parser)
-    result = regimes.run(parser.parse_args(["--quick", "--frames", "4", "--plots", str(tmp_path)]))
+    result = regimes.run(
+        parser.parse_args(["--quick", "--frames", "4", "--repeats", "2", "--plots", str(tmp_path)])
+    )
     rows = result["regimes"]
     assert result["split_encoding"] == "dense-i4"  # lite.WIRE_ENCODING: the split sends 4-bit values
     assert [(r["quota"], r["mbit"], r["stream"], r["frames_stay"]) for r in rows] == [
@@ -44,6 +46,11 @@ def test_quick_regimes(tmp_path: Path) -> None:
         assert r["frames"] == 4
         assert r["best_fixed"] in ("local", "offload", "split")
         assert r["ratio"] == pytest.approx(r["adaptive_ms"] / r["best_fixed_ms"])
+        # Two workers per cell: the row's figures are the medians of their means, their ratios kept.
+        assert r["repeats"] == 2
+        assert len(r["ratios"]) == 2
+        assert all(x > 0 for x in r["ratios"])
+        assert len(r["latencies_ms"]["adaptive"]) == 2 * 4
         assert 0.0 <= r["accuracy"] <= 1.0
         # Every remote strategy pays at least the emulated round trip.
         assert r["fixed_ms"]["offload"] >= 20.0

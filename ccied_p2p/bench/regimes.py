@@ -54,6 +54,9 @@ FIXED = ("local", "offload", "split")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ccied-p2p bench regimes``."""
     parser.add_argument("--frames", type=int, default=30, help="measured frames per strategy and cell")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="workers per cell; the row holds medians of their means"
+    )
     parser.add_argument("--quotas", default=",".join(map(str, QUOTAS)), help="device CPU quotas")
     parser.add_argument("--mbits", default=",".join(f"{m:g}" for m in MBITS), help="link rates, Mbit/s")
     parser.add_argument("--streams", default="camera,clips,control", help="streams: camera, clips, control")
@@ -447,6 +450,39 @@ def _rows(
     return rows
 
 
+def _median_rows(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same cell's rows of several repeats: medians of their means, everything else pooled."""
+    if len(reps) == 1:
+        return {**reps[0], "repeats": 1, "ratios": [reps[0]["ratio"]], "estimates": [reps[0]["estimates"]]}
+    fixed = {k: statistics.median(r["fixed_ms"][k] for r in reps) for k in reps[0]["fixed_ms"]}
+    pool = {k: v for k, v in fixed.items() if not (reps[0]["frames_stay"] and k == "offload")}
+    best = min(pool, key=lambda k: pool[k])
+    adaptive = statistics.median(r["adaptive_ms"] for r in reps)
+    used: dict[str, int] = {}
+    for r in reps:
+        for k, v in r["used"].items():
+            used[k] = used.get(k, 0) + v
+    latencies = {k: [ms for r in reps for ms in r["latencies_ms"][k]] for k in reps[0]["latencies_ms"]}
+    return {
+        **reps[0],
+        "repeats": len(reps),
+        "adaptive_ms": adaptive,
+        "adaptive_p50_ms": statistics.median(latencies["adaptive"]),
+        "best_fixed": best,
+        "best_fixed_ms": pool[best],
+        "ratio": adaptive / pool[best] if pool[best] > 0 else math.nan,
+        "ratios": [r["ratio"] for r in reps],
+        "fixed_ms": fixed,
+        "accuracy": statistics.fmean(r["accuracy"] for r in reps),
+        "agreement": statistics.fmean(r["agreement"] for r in reps),
+        "failed": sum(r["failed"] for r in reps),
+        "used": used,
+        "bytes_per_frame": statistics.fmean(r["bytes_per_frame"] for r in reps),
+        "latencies_ms": latencies,
+        "estimates": [r["estimates"] for r in reps],
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker is not None:
         raise SystemExit("--worker is internal")
@@ -478,9 +514,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             np.save(files[name], frames)
         for quota in quotas:
             for mbit in mbits:
-                result = asyncio.run(_cell(quota, mbit, files, split, tmp, cache, encoding))
+                results = [
+                    asyncio.run(_cell(quota, mbit, files, split, tmp, cache, encoding))
+                    for _ in range(max(1, args.repeats))
+                ]
                 for name in names:
-                    regimes.extend(_rows(quota, mbit, name, result[name], refs[name], streams[name][1]))
+                    per = [_rows(quota, mbit, name, r[name], refs[name], streams[name][1]) for r in results]
+                    regimes.extend(_median_rows([p[i] for p in per]) for i in range(len(per[0])))
                 print(
                     f"regimes: quota {quota:g}, {mbit:g} Mbit/s done",
                     file=sys.stderr,
