@@ -287,3 +287,19 @@ def test_the_cache_config_is_the_node_caches_answer_rule(split: SplitModel) -> N
     with pytest.raises(ConfigError, match=r"^cache\.votes "):
         Node(split, _config("odd", cache=CacheConfig(threshold=0.9, votes=2)), cache=odd)
     assert (odd.threshold, odd.k, odd.votes) == before  # refused whole, not half applied
+
+
+def test_cluster_nodes_get_their_own_copy_of_each_group() -> None:
+    from ccied_p2p.presets import CacheSettings
+    from ccied_p2p.testing import LocalCluster
+
+    # node_options go through the same path for every in-process node as these options do here.
+    shared, cache = StrategyConfig(local_tail_ms=5.0), CacheConfig(share=False)
+    cluster = LocalCluster(2, cache_settings=CacheSettings(0.2, 3, 2, 0.0))
+    a = cluster.join_config("a", strategy=shared, cache=cache)
+    b = cluster.join_config("b", host="127.0.0.9", strategy=shared, cache=cache)
+    a.strategy.local_tail_ms = 1000.0  # what a test does to one running node leaves the others alone
+    assert (b.strategy.local_tail_ms, shared.local_tail_ms) == (5.0, 5.0)
+    assert a.cache == b.cache == CacheConfig(share=False, threshold=0.2, k=3, votes=2, min_confidence=0.0)
+    assert (a.network.mdns, a.network.host, b.network.host) == (False, "127.0.0.1", "127.0.0.9")
+    assert a.secret == b.secret == cluster.secret

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,11 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _copied(value: Any) -> Any:
+    """A shallow copy of a dataclass instance (a NodeConfig group), anything else as it is."""
+    return replace(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 class LocalCluster:
@@ -295,7 +300,8 @@ class LocalCluster:
 
     def _config(self, name: str, options: Mapping[str, Any], **network: Any) -> NodeConfig:
         """``options`` (NodeConfig fields) with this cluster's secret, membership, cache settings and ``network``."""
-        fields = dict(options)
+        # Each node its own copy of every group: a group is mutable (``node.config.strategy.local_tail_ms``).
+        fields: dict[str, Any] = {k: _copied(v) for k, v in options.items()}
         fields.setdefault("membership", self.membership)
         fields["network"] = replace(fields.get("network") or NetworkConfig(), mdns=False, **network)
         if self.cache_settings is not None:
