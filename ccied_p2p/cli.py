@@ -255,17 +255,18 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=not args.json)
     from ccied_p2p.runtime.quota import quota_or_null
 
-    settings = None if args.no_calibrate else calibrate(split, data)[0]
+    config = _node_config(args)
+    if not args.no_calibrate:
+        config.cache = calibrate(split, data)[0].config(config.cache)
     with quota_or_null(args.cpu_quota):
         out = asyncio.run(
             stream(
                 split,
                 data,
-                _node_config(args),
+                config,
                 workload=args.workload,
                 requests=args.requests,
                 concurrency=args.concurrency,
-                settings=settings,
                 wait_peers=args.wait_peers,
                 progress=not args.json,
             )
