@@ -27,7 +27,8 @@ Model layer (torch)
 
 Runtime (asyncio)
 - :mod:`ccied_p2p.runtime`   the :class:`Node` (``node``: lifecycle, messages, gossip timer) and its parts:
-  ``config`` (:class:`NodeConfig`), ``results`` (:class:`InferenceResult`, :class:`NodeObserver`), ``compute``
+  ``config`` (:class:`NodeConfig` in groups: :class:`NetworkConfig`, :class:`ConnectionLimits`,
+  :class:`CacheConfig`, :class:`ServingConfig`, :class:`StrategyConfig`), ``results`` (:class:`InferenceResult`, :class:`NodeObserver`), ``compute``
   (head and batched tails on a worker thread), ``inference`` (this node's requests: cache, scheduler, frame
   strategies), ``serving`` (peers' requests: admission, refusals), ``mesh`` (links: accept, dial, one per peer);
   ``transport`` (authenticated WebSocket links), ``discovery`` (mDNS), ``guard`` (inbound connections),
@@ -52,21 +53,42 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ccied_p2p import datasets, models
     from ccied_p2p.cache import SemanticCache
+    from ccied_p2p.codec.tensor import Limits
     from ccied_p2p.errors import CCIEDError, LocalError, RemoteError
+    from ccied_p2p.gossip.membership import MembershipConfig
+    from ccied_p2p.inputs import InputSpec
     from ccied_p2p.pruning import prune_split_layer
-    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig, NodeObserver
+    from ccied_p2p.runtime.config import (
+        CacheConfig,
+        ConnectionLimits,
+        NetworkConfig,
+        NodeConfig,
+        ServingConfig,
+        StrategyConfig,
+    )
+    from ccied_p2p.runtime.node import InferenceResult, Node, NodeObserver
+    from ccied_p2p.scheduler import SchedulerPolicy
     from ccied_p2p.split import SplitModel
 
 __all__ = [
     "CCIEDError",
+    "CacheConfig",
+    "ConnectionLimits",
     "InferenceResult",
+    "InputSpec",
+    "Limits",
     "LocalError",
+    "MembershipConfig",
+    "NetworkConfig",
     "Node",
     "NodeConfig",
     "NodeObserver",
     "RemoteError",
+    "SchedulerPolicy",
     "SemanticCache",
+    "ServingConfig",
     "SplitModel",
+    "StrategyConfig",
     "datasets",
     "models",
     "prune_split_layer",
@@ -77,14 +99,23 @@ __version__ = "0.1.0"
 # that need no model (``status``, ``dashboard``) and the pure layers start fast.
 _LAZY: dict[str, str] = {
     "CCIEDError": "ccied_p2p.errors",
+    "CacheConfig": "ccied_p2p.runtime.config",
+    "ConnectionLimits": "ccied_p2p.runtime.config",
     "InferenceResult": "ccied_p2p.runtime.results",
+    "InputSpec": "ccied_p2p.inputs",
+    "Limits": "ccied_p2p.codec.tensor",
     "LocalError": "ccied_p2p.errors",
+    "MembershipConfig": "ccied_p2p.gossip.membership",
+    "NetworkConfig": "ccied_p2p.runtime.config",
     "Node": "ccied_p2p.runtime.node",
     "NodeConfig": "ccied_p2p.runtime.config",
     "NodeObserver": "ccied_p2p.runtime.results",
     "RemoteError": "ccied_p2p.errors",
+    "SchedulerPolicy": "ccied_p2p.scheduler",
     "SemanticCache": "ccied_p2p.cache",
+    "ServingConfig": "ccied_p2p.runtime.config",
     "SplitModel": "ccied_p2p.split",
+    "StrategyConfig": "ccied_p2p.runtime.config",
     "prune_split_layer": "ccied_p2p.pruning",
 }
 

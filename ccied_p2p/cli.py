@@ -185,29 +185,47 @@ def _secret(args: argparse.Namespace) -> str | None:
 
 
 def _node_config(args: argparse.Namespace) -> Any:
+    """The NodeConfig that ``serve``/``infer`` options describe (their defaults: a default NodeConfig)."""
     from ccied_p2p.gossip.membership import MembershipConfig
-    from ccied_p2p.runtime.node import NodeConfig
+    from ccied_p2p.runtime.config import (
+        CacheConfig,
+        ConnectionLimits,
+        NetworkConfig,
+        NodeConfig,
+        ServingConfig,
+        StrategyConfig,
+    )
 
     return NodeConfig(
         name=args.name or NodeConfig().name,
         secret=_secret(args),
         insecure=args.insecure,
-        host=args.host,
-        port=args.port,
-        seeds=tuple(s for s in (args.seeds or "").split(",") if s),
-        mdns=not args.no_mdns,
-        mdns_interfaces=tuple(args.interface),
-        share_cache=not args.no_share_cache,
-        max_batch=getattr(args, "max_batch", 32),
         observe=not args.no_observe,
-        advertise_host=args.advertise_host,
-        advertise_port=args.advertise_port,
-        local_tail_ms=args.local_tail_ms,
-        header_timeout=args.header_timeout,
-        max_connections=args.max_connections,
-        max_connections_per_address=args.max_connections_per_address,
         cpu_quota=args.cpu_quota,
         membership=MembershipConfig.quick() if args.membership == "quick" else MembershipConfig(),
+        network=NetworkConfig(
+            host=args.host,
+            port=args.port,
+            advertise_host=args.advertise_host,
+            advertise_port=args.advertise_port,
+            seeds=tuple(s for s in (args.seeds or "").split(",") if s),
+            mdns=not args.no_mdns,
+            mdns_interfaces=tuple(args.interface or NetworkConfig().mdns_interfaces),
+        ),
+        connections=ConnectionLimits(
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        ),
+        cache=CacheConfig(
+            share=not args.no_share_cache,
+            threshold=getattr(args, "threshold", None),
+            k=getattr(args, "k", None),
+            votes=getattr(args, "votes", None),
+            min_confidence=getattr(args, "min_confidence", None),
+        ),
+        serving=ServingConfig(max_batch=args.max_batch),
+        strategy=StrategyConfig(local_tail_ms=args.local_tail_ms),
     )
 
 
@@ -215,20 +233,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from ccied_p2p.demo import serve_forever
-    from ccied_p2p.presets import CacheSettings, reference_parts
+    from ccied_p2p.presets import reference_parts
 
     data = _data_and_threads(args)
-    config = _node_config(args)
+    config = _node_config(args)  # the cache's answer rule too (--threshold, --k, --votes, --min-confidence)
     split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=False)
-    settings = (
-        CacheSettings(args.threshold, args.k, args.votes, args.min_confidence)
-        if args.threshold is not None
-        else None
-    )
     from ccied_p2p.runtime.quota import quota_or_null
 
     with quota_or_null(args.cpu_quota):  # after loading the model: a weak device, not a slow start
-        asyncio.run(serve_forever(split, config, settings))
+        asyncio.run(serve_forever(split, config))
     return 0
 
 
@@ -242,17 +255,18 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     split = reference_parts(args.model, data, amount=args.amount, split_at=args.split, progress=not args.json)
     from ccied_p2p.runtime.quota import quota_or_null
 
-    settings = None if args.no_calibrate else calibrate(split, data)[0]
+    config = _node_config(args)
+    if not args.no_calibrate:
+        config.cache = calibrate(split, data)[0].config(config.cache)
     with quota_or_null(args.cpu_quota):
         out = asyncio.run(
             stream(
                 split,
                 data,
-                _node_config(args),
+                config,
                 workload=args.workload,
                 requests=args.requests,
                 concurrency=args.concurrency,
-                settings=settings,
                 wait_peers=args.wait_peers,
                 progress=not args.json,
             )
@@ -415,6 +429,9 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
             help="inbound connections from one address at most (default 64)",
         )
         p.add_argument(
+            "--max-batch", type=int, default=32, help="most tail rows computed at once (1: no batching)"
+        )
+        p.add_argument(
             "--membership",
             choices=["default", "quick"],
             default="default",
@@ -424,15 +441,14 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one node until Ctrl-C (serves tails, answers from its cache)")
     common(p)
     node_args(p)
+    # The cache's answer rule (CacheConfig; presets.CacheSettings.as_args gives calibration's); unset: the
+    # cache's defaults.
     p.add_argument(
         "--threshold", type=float, default=None, help="cache distance threshold (from calibration)"
     )
-    p.add_argument("--k", type=int, default=3)
-    p.add_argument("--votes", type=int, default=1)
-    p.add_argument("--min-confidence", type=float, default=0.0)
-    p.add_argument(
-        "--max-batch", type=int, default=32, help="most tail rows computed at once (1: no batching)"
-    )
+    p.add_argument("--k", type=int, default=None, help="neighbours the cache looks at")
+    p.add_argument("--votes", type=int, default=None, help="neighbours that must agree for a hit")
+    p.add_argument("--min-confidence", type=float, default=None, help="least confidence of a vote")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -445,7 +461,6 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--wait-peers", type=int, default=0, help="wait until this many peers are connected")
     p.add_argument("--no-calibrate", action="store_true", help="use the cache's default threshold")
-    p.add_argument("--max-batch", type=int, default=32)
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser(

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.launch import READY, start_serve, stop_serve
 from ccied_p2p.presets import CacheSettings, activations, calibrate
+from ccied_p2p.runtime.config import NetworkConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import camera_stream
@@ -146,7 +147,13 @@ async def demo(
     _, reference, _ = activations(split, data, images)
     x = data.normalize(images)
 
-    config = NodeConfig(name="demo-a", secret=secret, mdns=mdns, cpu_quota=cpu_quota)
+    config = NodeConfig(
+        name="demo-a",
+        secret=secret,
+        cpu_quota=cpu_quota,
+        network=NetworkConfig(mdns=mdns),
+        cache=settings.config(),
+    )
     children: list[asyncio.subprocess.Process] = []
     async with Node(split, config) as node:
         settings.apply(node.cache)

@@ -12,6 +12,7 @@ from ccied_p2p import models
 from ccied_p2p.cache import Calibration, FeatureReducer, GlobalAvgPool, GridPool, SemanticCache
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.errors import ConfigError
+from ccied_p2p.runtime.config import CacheConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.workloads import CameraParams, camera_stream, collect, control_stream
 
@@ -55,18 +56,26 @@ def reducer_for(
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """What calibration chose, in a form that travels on a command line."""
+    """What calibration chose: a node's :class:`CacheConfig` (``config``), or a command line (``as_args``)."""
 
     threshold: float
     k: int
     votes: int
     min_confidence: float
 
+    def config(self, base: CacheConfig | None = None) -> CacheConfig:
+        """``base`` (default: a default CacheConfig) with this answer rule: ``NodeConfig(cache=...)``."""
+        return replace(
+            base or CacheConfig(),
+            threshold=self.threshold,
+            k=self.k,
+            votes=self.votes,
+            min_confidence=self.min_confidence,
+        )
+
     def apply(self, cache: SemanticCache) -> None:
-        cache.threshold = self.threshold
-        cache.k = self.k
-        cache.votes = self.votes
-        cache.min_confidence = self.min_confidence
+        """Set this answer rule on a cache outside a node (a node takes ``NodeConfig(cache=self.config())``)."""
+        self.config().tune(cache)
 
     def as_args(self) -> list[str]:
         return [

@@ -9,7 +9,7 @@ import asyncio
 
 import torch
 
-from ccied_p2p import Node, NodeConfig, datasets
+from ccied_p2p import NetworkConfig, Node, NodeConfig, datasets
 from ccied_p2p.presets import calibrate, reference_parts
 
 
@@ -19,10 +19,15 @@ async def main() -> None:
     split = reference_parts("lenet", data, amount=0.5)  # trained and pruned once, then cached
     settings, _ = calibrate(split, data)  # a cache threshold with at most 1% false hits
     secret = "correct horse battery staple"
-    async with Node(split, NodeConfig(name="edge-server", secret=secret, mdns=False)) as server:
-        config = NodeConfig(name="camera", secret=secret, mdns=False, seeds=[server.address])
+    server_config = NodeConfig(name="edge-server", secret=secret, network=NetworkConfig(mdns=False))
+    async with Node(split, server_config) as server:
+        config = NodeConfig(
+            name="camera",
+            secret=secret,
+            network=NetworkConfig(mdns=False, seeds=[server.address]),
+            cache=settings.config(),  # the calibrated answer rule, a CacheConfig
+        )
         async with Node(split, config) as camera:
-            settings.apply(camera.cache)
             await camera.wait_for_peers(1)
             for i in range(5):
                 result = await camera.infer(data.test_x[i])

@@ -32,6 +32,7 @@ from ccied_p2p.codec.tensor import DEFAULT_LIMITS, encode_tensor
 from ccied_p2p.codec.wire import MESSAGE_TYPES, decode_message, encode_message
 from ccied_p2p.errors import CodecError
 from ccied_p2p.runtime.compute import TailJob, TailQueue
+from ccied_p2p.runtime.config import CacheConfig, StrategyConfig
 from ccied_p2p.runtime.node import InferenceResult, Node
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
@@ -246,7 +247,8 @@ async def test_a_hostile_peer_with_the_secret_cannot_blow_up_a_node(
         mode=["subprocess", "inprocess"],
         split=split,
         secret=SECRET,
-        node_options={"cache": False, "local_tail_ms": 1000.0},  # the honest peer offloads every tail
+        # The honest peer offloads every tail.
+        node_options={"cache": CacheConfig(enabled=False), "strategy": StrategyConfig(local_tail_ms=1000.0)},
     ) as cluster:
         pid = cluster.nodes[0].pid
         assert pid is not None

@@ -176,7 +176,7 @@ async def test_chaos(
             assert len(node.links) <= 4
             assert all(len(box) <= 32 for box in node._mesh.outbox.values())
             assert len(node.membership.members()) <= 4 + events["restart"] + events["kill"]
-            assert len(node.cache) <= node.config.cache_capacity
+            assert len(node.cache) <= node.config.cache.capacity
         for h in cluster.nodes:
             if h.pid is not None:
                 rss_peak[f"{h.name}.{h.generation}"] = _rss_mb(h.pid, "VmHWM")

@@ -111,10 +111,10 @@ async def test_restarted_node_gets_a_new_id_and_is_accepted(
             await cluster.wait_for(partial(operator.contains, links, new_id), 5, "a link to the new node")
         # The newcomer serves: a request offloaded to it is answered correctly.
         node0 = cluster.node(0)
-        node0.config.local_tail_ms = 1000.0  # its own tail looks slow: it offloads
+        node0.config.strategy.local_tail_ms = 1000.0  # its own tail looks slow: it offloads
         x = data.test_x[:8]
         want = split(x).argmax(1).tolist()
-        node0.config.cache = False
+        node0.config.cache.enabled = False
         results = await node0.infer_batch(x, concurrency=1)
         assert isinstance(results, list)
         assert [r.label for r in results] == want

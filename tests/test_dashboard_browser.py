@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ccied_p2p import datasets
+from ccied_p2p.runtime.config import NetworkConfig
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.wait import until
@@ -77,8 +78,10 @@ async def cluster(split: SplitModel) -> AsyncIterator[tuple[Node, asyncio.subpro
     if reason:
         pytest.skip(reason)
     async with (
-        Node(split, NodeConfig(name="a", secret=SECRET, mdns=False)) as a,
-        Node(split, NodeConfig(name="b", secret=SECRET, mdns=False, seeds=[a.address])) as b,
+        Node(split, NodeConfig(name="a", secret=SECRET, network=NetworkConfig(mdns=False))) as a,
+        Node(
+            split, NodeConfig(name="b", secret=SECRET, network=NetworkConfig(mdns=False, seeds=[a.address]))
+        ) as b,
     ):
         child = await _serve_child("c", a.address)
         try:

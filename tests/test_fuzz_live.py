@@ -47,6 +47,7 @@ from ccied_p2p.codec.messages import (
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import HEADER_SIZE, decode_message, encode_message
 from ccied_p2p.errors import CodecError
+from ccied_p2p.runtime.config import CacheConfig, NetworkConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, handshake
 from ccied_p2p.split import SplitModel
@@ -169,15 +170,23 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
     split: SplitModel, data: datasets.Dataset
 ) -> None:
     rng = random.Random(SEED)
-    config = NodeConfig(name="srv", secret=SECRET, mdns=False, heartbeat=2.0)
+    config = NodeConfig(name="srv", secret=SECRET, network=NetworkConfig(mdns=False, heartbeat=2.0))
     async with (
         Node(split, config) as srv,
         Node(
-            split, NodeConfig(name="good", secret=SECRET, mdns=False, seeds=[srv.address], cache=False)
+            split,
+            NodeConfig(
+                name="good",
+                secret=SECRET,
+                network=NetworkConfig(mdns=False, seeds=[srv.address]),
+                cache=CacheConfig(enabled=False),
+            ),
         ) as good,
     ):
         await until(lambda: bool(good.links))
-        good.config.local_tail_ms = 1000.0  # the good peer's own tail looks slow: every request goes to srv
+        good.config.strategy.local_tail_ms = (
+            1000.0  # the good peer's own tail looks slow: every request goes to srv
+        )
         x = data.test_x[:200]
         want = split(x).argmax(1).tolist()
         probe = srv.cache.features(split.head(x[:1]).numpy())
@@ -296,10 +305,11 @@ async def test_fuzzed_frames_never_stop_the_node_serving_a_good_peer(
         assert good.links
         assert any(lk.peer.name == "good" for lk in srv.links.values())
         async with Node(
-            split, NodeConfig(name="late", secret=SECRET, mdns=False, seeds=[srv.address])
+            split,
+            NodeConfig(name="late", secret=SECRET, network=NetworkConfig(mdns=False, seeds=[srv.address])),
         ) as late:
             await until(lambda: bool(late.links))
-            late.config.local_tail_ms = 1000.0
+            late.config.strategy.local_tail_ms = 1000.0
             results = await late.infer_batch(x[:20], concurrency=4)
             assert isinstance(results, list)
             assert [r.label for r in results] == want[:20]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,6 +27,7 @@ from ccied_p2p.codec.auth import Role, clear_hello, compute_proof, new_nonce, op
 from ccied_p2p.codec.messages import Auth, ErrorMessage, Hello
 from ccied_p2p.codec.tensor import encode_tensor
 from ccied_p2p.codec.wire import decode_message, encode_message
+from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, StrategyConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
@@ -82,18 +84,23 @@ class Eavesdropped:
 
 
 async def _eavesdrop(split: SplitModel, data: datasets.Dataset, *, secure: bool) -> Eavesdropped:
-    def config(name: str, **kw: object) -> NodeConfig:
-        auth: dict[str, object] = {"secret": SECRET} if secure else {"insecure": True}
-        return NodeConfig(name=name, mdns=False, **auth, **kw)  # type: ignore[arg-type]
+    def config(name: str, *, seeds: Sequence[str] = (), slow: bool = False) -> NodeConfig:
+        """``slow``: no cache, and an own tail that looks slow (every request goes to a peer)."""
+        return NodeConfig(
+            name=name,
+            secret=SECRET if secure else None,
+            insecure=not secure,
+            network=NetworkConfig(mdns=False, seeds=seeds, request_timeout=20.0 if slow else 2.0),
+            cache=CacheConfig(enabled=not slow),
+            strategy=StrategyConfig(local_tail_ms=1000.0 if slow else None),
+        )
 
     x = data.test_x[:REQUESTS]
     async with (
         Node(split, config(ALICE)) as alice,
         Relay("127.0.0.1", 0, ("127.0.0.1", alice.port), record=True, name="tap") as tap,
         # Bob's own tail looks slow and he has no cache: every request crosses the recorded link.
-        Node(
-            split, config(BOB, seeds=[tap.address], cache=False, local_tail_ms=1000.0, request_timeout=20.0)
-        ) as bob,
+        Node(split, config(BOB, seeds=[tap.address], slow=True)) as bob,
     ):
         await until(lambda: bob.links)
         results = await bob.infer_batch(x, concurrency=1)
@@ -154,7 +161,7 @@ async def test_a_recording_relay_sees_no_activation_label_or_name(
 
 async def test_a_sealed_hello_that_contradicts_the_clear_one_is_refused(split: SplitModel) -> None:
     async with (
-        Node(split, NodeConfig(name="srv-cam", secret=SECRET, mdns=False)) as srv,
+        Node(split, NodeConfig(name="srv-cam", secret=SECRET, network=NetworkConfig(mdns=False))) as srv,
         aiohttp.ClientSession() as session,
         session.ws_connect(f"http://{srv.address}{WS_PATH}") as ws,
     ):

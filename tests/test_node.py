@@ -7,7 +7,8 @@ import math
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -19,6 +20,7 @@ from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.launch import start_serve, stop_serve
 from ccied_p2p.presets import calibrate
+from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, StrategyConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION
 from ccied_p2p.split import SplitModel
@@ -29,8 +31,8 @@ SECRET = "test-secret-0123456789"
 pytestmark = pytest.mark.network
 
 
-def _config(name: str, **kw: object) -> NodeConfig:
-    return NodeConfig(name=name, secret=SECRET, mdns=False, **kw)  # type: ignore[arg-type]
+def _config(name: str, *, seeds: Sequence[str] = (), **groups: Any) -> NodeConfig:
+    return NodeConfig(name=name, secret=SECRET, network=NetworkConfig(mdns=False, seeds=seeds), **groups)
 
 
 def _other_tasks() -> list[str]:
@@ -46,15 +48,15 @@ async def pair(split: SplitModel) -> AsyncIterator[tuple[Node, Node]]:
 
 async def test_refuses_to_start_without_a_secret(split: SplitModel) -> None:
     with pytest.raises(ConfigError, match="secret is required"):
-        Node(split, NodeConfig(name="x", mdns=False))
-    async with Node(split, NodeConfig(name="x", mdns=False, insecure=True)) as node:
+        Node(split, NodeConfig(name="x", network=NetworkConfig(mdns=False)))
+    async with Node(split, NodeConfig(name="x", network=NetworkConfig(mdns=False), insecure=True)) as node:
         assert node.port > 0
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
 async def test_refuses_a_bad_local_tail_estimate(split: SplitModel, value: float) -> None:
-    with pytest.raises(ConfigError, match="local_tail_ms"):
-        Node(split, NodeConfig(name="x", mdns=False, insecure=True, local_tail_ms=value))
+    with pytest.raises(ConfigError, match=r"strategy\.local_tail_ms"):
+        Node(split, NodeConfig(name="x", insecure=True, strategy=StrategyConfig(local_tail_ms=value)))
 
 
 async def test_two_nodes_answer_like_the_full_model(
@@ -81,7 +83,15 @@ async def test_forced_offload_sends_sparse_bytes(split: SplitModel, data: datase
     async with (
         Node(split, _config("srv")) as srv,
         # A device whose own tail is slow (as its config says): every request goes to the peer.
-        Node(split, _config("dev", seeds=[srv.address], cache=False, local_tail_ms=1000.0)) as dev,
+        Node(
+            split,
+            _config(
+                "dev",
+                seeds=[srv.address],
+                cache=CacheConfig(enabled=False),
+                strategy=StrategyConfig(local_tail_ms=1000.0),
+            ),
+        ) as dev,
     ):
         await _until(lambda: dev.links)
         results = await dev.infer_batch(data.test_x[:20], concurrency=1)
@@ -99,7 +109,12 @@ async def test_forced_offload_sends_sparse_bytes(split: SplitModel, data: datase
 async def test_wrong_secret_and_raw_clients_are_rejected(split: SplitModel, data: datasets.Dataset) -> None:
     async with Node(split, _config("a")) as a:
         async with Node(
-            split, NodeConfig(name="intruder", secret="another-secret-xx", mdns=False, seeds=[a.address])
+            split,
+            NodeConfig(
+                name="intruder",
+                secret="another-secret-xx",
+                network=NetworkConfig(mdns=False, seeds=[a.address]),
+            ),
         ) as bad:
             await _until(lambda: a.counters.auth_failures >= 1)
             assert not a.links
@@ -172,7 +187,9 @@ async def _spawn_serve(name: str, *extra: str) -> tuple[asyncio.subprocess.Proce
 async def test_three_processes_find_each_other(split: SplitModel, mdns: bool) -> None:
     procs = []
     try:
-        async with Node(split, NodeConfig(name="p0", secret=SECRET, mdns=mdns)) as node:
+        async with Node(
+            split, NodeConfig(name="p0", secret=SECRET, network=NetworkConfig(mdns=mdns))
+        ) as node:
             extra = () if mdns else ("--no-mdns", "--seeds", node.address)
             for i in (1, 2):
                 procs.append((await _spawn_serve(f"p{i}", *extra))[0])
@@ -190,8 +207,7 @@ async def test_thousand_requests_and_a_sigkill_midstream(split: SplitModel, data
     settings, _ = calibrate(split, data, requests=2000)
     procs = []
     try:
-        async with Node(split, NodeConfig(name="asker", secret=SECRET, mdns=False)) as node:
-            settings.apply(node.cache)
+        async with Node(split, _config("asker", cache=settings.config())) as node:
             for i in (1, 2):
                 procs.append(
                     (await _spawn_serve(f"s{i}", "--no-mdns", "--seeds", node.address, *settings.as_args()))[
@@ -237,7 +253,9 @@ async def test_thousand_requests_and_a_sigkill_midstream(split: SplitModel, data
 async def test_leaving_withdraws_the_mdns_record(split: SplitModel) -> None:
     from ccied_p2p.runtime.discovery import browse_once
 
-    async with Node(split, NodeConfig(name="announced", secret=SECRET, mdns=True)) as node:
+    async with Node(
+        split, NodeConfig(name="announced", secret=SECRET, network=NetworkConfig(mdns=True))
+    ) as node:
         node_id = node.node_id
         seen = await browse_once(1.5)
         assert node_id in {p.node_id for p in seen}

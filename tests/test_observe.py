@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ccied_p2p import datasets
 from ccied_p2p.logs import NodeNameFilter, bind_node, node_name, setup_logging
 from ccied_p2p.observe_cli import collect, dashboard, render_status
+from ccied_p2p.runtime.config import NetworkConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.runtime.observe import OBSERVER_KEY, check_access, read_token
 from ccied_p2p.split import SplitModel
@@ -39,8 +40,8 @@ SECRET = "test-secret-0123456789"
 pytestmark = pytest.mark.network
 
 
-def _config(name: str, **kw: Any) -> NodeConfig:
-    return NodeConfig(name=name, secret=SECRET, mdns=False, **kw)
+def _config(name: str, *, seeds: Sequence[str] = (), host: str = "127.0.0.1") -> NodeConfig:
+    return NodeConfig(name=name, secret=SECRET, network=NetworkConfig(host=host, mdns=False, seeds=seeds))
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def test_status_and_metrics_count_what_was_sent(
     trio: tuple[Node, Node, Node], data: datasets.Dataset
 ) -> None:
     a, b, c = trio
-    a.config.local_tail_ms = 1000.0  # a slow device: every miss goes to a peer
+    a.config.strategy.local_tail_ms = 1000.0  # a slow device: every miss goes to a peer
     x = data.test_x[:12]
     first = await a.infer_batch(x, concurrency=1)
     again = await a.infer_batch(x, concurrency=1)  # the same inputs: answered by the cache
@@ -496,7 +497,9 @@ async def test_non_loopback_clients_need_the_read_token(
         assert all(ns_ip in line for line in refused), refused
 
     # A node without a secret serves loopback only, token or not.
-    async with Node(split, NodeConfig(name="open", insecure=True, mdns=False, host=host_ip)) as node:
+    async with Node(
+        split, NodeConfig(name="open", insecure=True, network=NetworkConfig(host=host_ip, mdns=False))
+    ) as node:
         base = f"http://{node.address}"
         answers = await _from_namespace(ns, [(f"{base}/status", None), (f"{base}/status", f"Bearer {token}")])
         assert [code for code, _ in answers] == [403, 403]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import numpy as np
@@ -23,6 +23,7 @@ from ccied_p2p.errors import EncodeError, MalformedError, PeerError
 from ccied_p2p.inputs import LITE_SPEC, InputSpec, decode_jpeg, encode_jpeg
 from ccied_p2p.planner import Link, PruneOption
 from ccied_p2p.planner import situation as planned_situation
+from ccied_p2p.runtime.config import CacheConfig, NetworkConfig
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
@@ -202,8 +203,9 @@ def test_plan_and_the_live_choice_agree_on_the_same_numbers(split: SplitModel) -
 # ---------------------------------------------------------------- live
 
 
-def _config(name: str, **kw: object) -> NodeConfig:
-    return NodeConfig(name=name, secret=SECRET, mdns=False, request_timeout=20.0, **kw)  # type: ignore[arg-type]
+def _config(name: str, *, seeds: Sequence[str] = (), cache: bool = True) -> NodeConfig:
+    network = NetworkConfig(mdns=False, seeds=seeds, request_timeout=20.0)
+    return NodeConfig(name=name, secret=SECRET, network=network, cache=CacheConfig(enabled=cache))
 
 
 async def _until(cond: object, timeout: float = 10.0) -> None:
@@ -321,7 +323,7 @@ async def test_the_choice_follows_the_measurements_and_agrees_with_plan(
     result = await b.infer_frame(_digits(data, 1)[0])
     assert result.chosen
     assert result.strategy in {"local", "split", "offload", "cache"}
-    b.config.frames_stay = True
+    b.config.strategy.frames_stay = True
     assert all(o.strategy is not Strategy.OFFLOAD for o in b.options())
     for frame in _digits(data, 4):
         assert (await b.infer_frame(frame)).strategy != "offload"

@@ -14,13 +14,16 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from ccied_p2p.launch import READY, stop_serve
 from ccied_p2p.logs import RateLimitedLog
+from ccied_p2p.runtime.config import ConnectionLimits, NetworkConfig
 from ccied_p2p.runtime.guard import (
     ACCEPT_STORM_MESSAGE,
     AcceptStormFilter,
@@ -200,7 +203,9 @@ async def test_trickling_heads_are_closed_and_everyone_else_gets_in(
                 status = await resp.json()
             status_s = time.monotonic() - t0
             t0 = time.monotonic()
-            config = NodeConfig(name="late", secret=SECRET, mdns=False, seeds=[address])
+            config = NodeConfig(
+                name="late", secret=SECRET, network=NetworkConfig(mdns=False, seeds=[address])
+            )
             async with Node(split, config) as late:
                 await late.wait_for_peers(1, timeout=2.0)
                 join_s = time.monotonic() - t0
@@ -250,11 +255,12 @@ from ccied_p2p import datasets
 from ccied_p2p.logs import setup_logging
 from ccied_p2p.presets import reference_parts
 from ccied_p2p.runtime.node import Node, NodeConfig
+from ccied_p2p.runtime.config import NetworkConfig
 setup_logging("INFO")
 split = reference_parts("lenet", datasets.load("mnist-5k"), amount=0.5, progress=False)
 
 async def main():
-    async with Node(split, NodeConfig(name="victim", secret=sys.argv[1], mdns=False)) as node:
+    async with Node(split, NodeConfig(name="victim", secret=sys.argv[1], network=NetworkConfig(mdns=False))) as node:
         hog = []
         try:  # something else in the process took every descriptor
             while True:
@@ -307,8 +313,10 @@ async def test_out_of_descriptors_the_accept_log_stays_bounded(split: SplitModel
 # ---------------------------------------------------------------------------------------------- in process
 
 
-def _config(name: str, **kw: object) -> NodeConfig:
-    return NodeConfig(name=name, secret=SECRET, mdns=False, **kw)  # type: ignore[arg-type]
+def _config(name: str, *, seeds: Sequence[str] = (), **limits: Any) -> NodeConfig:
+    """A node whose inbound connections are held to ``limits`` (ConnectionLimits fields)."""
+    network = NetworkConfig(mdns=False, seeds=seeds)
+    return NodeConfig(name=name, secret=SECRET, network=network, connections=ConnectionLimits(**limits))
 
 
 async def _until_closed(reader: asyncio.StreamReader, limit: float) -> float:
@@ -417,7 +425,7 @@ async def test_an_oversized_frame_on_a_link_is_logged(
         (link,) = b.links.values()
         with caplog.at_level(logging.WARNING, logger="ccied_p2p.runtime.node"):
             with contextlib.suppress(ConnectionError):
-                await link.ws.send_bytes(b"\0" * (a.config.limits.max_frame_bytes + 1024))
+                await link.ws.send_bytes(b"\0" * (a.config.serving.limits.max_frame_bytes + 1024))
             await until(lambda: not a.links, 10)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing link to b")]
     assert len(lines) == 1

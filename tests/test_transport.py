@@ -19,6 +19,7 @@ from ccied_p2p.codec.messages import Ack, Hello, InferRequest, Message, Ping
 from ccied_p2p.codec.session import SessionState
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import encode_message
+from ccied_p2p.runtime.config import NetworkConfig
 from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH, Link, handshake
 from ccied_p2p.split import SplitModel
@@ -43,7 +44,7 @@ class Client:
 @pytest_asyncio.fixture
 async def client(split: SplitModel) -> AsyncIterator[tuple[Node, Client]]:
     async with (
-        Node(split, NodeConfig(name="srv", secret=SECRET, mdns=False)) as srv,
+        Node(split, NodeConfig(name="srv", secret=SECRET, network=NetworkConfig(mdns=False))) as srv,
         aiohttp.ClientSession() as http,
     ):
         ws = await http.ws_connect(f"http://{srv.address}{WS_PATH}")

@@ -48,7 +48,7 @@ def _pp(fraction: float) -> str:
 def _force_offload(node: Any) -> None:
     # The asker stands for a device too weak to run the tail: its own tail looks slow to the scheduler (as in
     # bench transport); it is still the fallback if no peer answers.
-    node.config.local_tail_ms = 10_000.0
+    node.config.strategy.local_tail_ms = 10_000.0
 
 
 def _relay_bytes(cluster: Any) -> int:
@@ -77,29 +77,34 @@ async def _wait_shared(asker: Any, timeout: float = 15.0) -> int:
 async def _run_nodes(
     config: str, parts: Parts, stream: Stream, mbit: float, rtt_ms: float, tick: Any
 ) -> RunRecord:
+    from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, StrategyConfig
     from ccied_p2p.testing import LinkSpec, LocalCluster
 
-    options: dict[str, Any] = {"request_timeout": 10.0}
+    options: dict[str, Any] = {"network": NetworkConfig(request_timeout=10.0)}
     split = parts.pruned
     n_nodes = 2
     link: Any = LinkSpec.mbit(mbit, delay=rtt_ms / 2000.0)
     settings = None
     if config == "local":
         split, n_nodes, link = parts.full, 1, None
-        options.update(cache=False, offload=False)
+        options.update(cache=CacheConfig(enabled=False), strategy=StrategyConfig(offload=False))
     elif config == "offload":
         split = parts.whole
-        options.update(cache=False, encoding=OFFLOAD_ENCODING)
+        options.update(cache=CacheConfig(enabled=False), strategy=StrategyConfig(encoding=OFFLOAD_ENCODING))
     elif config == "split":
         split = parts.full
-        options.update(cache=False, encoding=SPLIT_ENCODING)
+        options.update(cache=CacheConfig(enabled=False), strategy=StrategyConfig(encoding=SPLIT_ENCODING))
     elif config == "split_pruned":
-        options.update(cache=False, encoding=PRUNED_ENCODING)
+        options.update(cache=CacheConfig(enabled=False), strategy=StrategyConfig(encoding=PRUNED_ENCODING))
     elif config == "ccied":
-        options.update(cache=True, share_cache=False, encoding=PRUNED_ENCODING)
+        options.update(cache=CacheConfig(share=False), strategy=StrategyConfig(encoding=PRUNED_ENCODING))
         settings = parts.settings
     elif config == "ccied_shared":
-        options.update(cache=True, share_cache=True, encoding=PRUNED_ENCODING, load_interval=0.1)
+        options.update(
+            cache=CacheConfig(share=True),
+            strategy=StrategyConfig(encoding=PRUNED_ENCODING),
+            load_interval=0.1,
+        )
         settings = parts.settings
         n_nodes = 3
     else:
@@ -128,8 +133,8 @@ async def _run_nodes(
             await _wait_shared(asker)
         # Open the links on held-out inputs, with the asker's cache off, until the tails go to a peer three
         # times in a row: both nodes dial each other at start and one of the two links is then closed.
-        cache_on = asker.config.cache
-        asker.config.cache = False
+        cache_on = asker.config.cache.enabled
+        asker.config.cache.enabled = False
         warm = stream.warmup_x if stream.warmup_x is not None else stream.x[:4]
         good = 0
         for i in range(40 if n_nodes > 1 else 3):
@@ -143,7 +148,7 @@ async def _run_nodes(
             if n_nodes > 1:
                 asker._inference.estimators.clear()
                 await asyncio.sleep(0.05)
-        asker.config.cache = cache_on
+        asker.config.cache.enabled = cache_on
         merged0 = asker.cache.stats().merged if cache_on else 0
         bytes0 = _relay_bytes(cluster)
         cpu0 = await _compute_cpu(asker)
@@ -175,16 +180,15 @@ async def _run_input_offload(
     """Full offload of camera frames as JPEG through two nodes (``InferInput``) behind the same link emulation:
     the asker sends each frame at the model's input size, the peer decodes it and runs the whole model."""
     from ccied_p2p.inputs import LITE_SPEC
+    from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, StrategyConfig
     from ccied_p2p.strategy import Strategy
     from ccied_p2p.testing import LinkSpec, LocalCluster
 
     assert stream.frames is not None
     options: dict[str, Any] = {
-        "request_timeout": 10.0,
-        "cache": False,
-        "input_spec": LITE_SPEC,
-        "offload_format": "jpeg",
-        "jpeg_quality": quality,
+        "network": NetworkConfig(request_timeout=10.0),
+        "cache": CacheConfig(enabled=False),
+        "strategy": StrategyConfig(input_spec=LITE_SPEC, offload_format="jpeg", jpeg_quality=quality),
     }
     rec = RunRecord()
     async with LocalCluster(

@@ -149,7 +149,14 @@ async def _worker_main(spec: dict[str, Any]) -> None:
     from ccied_p2p.cache import GridPool, SemanticCache
     from ccied_p2p.inputs import LITE_SPEC
     from ccied_p2p.presets import CacheSettings
-    from ccied_p2p.runtime.node import Node, NodeConfig
+    from ccied_p2p.runtime.config import (
+        CacheConfig,
+        NetworkConfig,
+        NodeConfig,
+        ServingConfig,
+        StrategyConfig,
+    )
+    from ccied_p2p.runtime.node import Node
     from ccied_p2p.strategy import Strategy
 
     torch.set_num_threads(1)
@@ -162,21 +169,23 @@ async def _worker_main(spec: dict[str, Any]) -> None:
         return NodeConfig(
             name=me["name"],
             secret=spec["secret"],
-            host=me["host"],
-            port=me["port"],
-            advertise_host=me["relay_host"],
-            advertise_port=me["relay_port"],
-            seeds=tuple(spec["seeds"]),
-            mdns=False,
             observe=False,
-            share_cache=False,
-            serve=False,  # a device asks; it serves nobody (the other device in this process among them)
-            request_timeout=30.0,
-            input_spec=LITE_SPEC,
             cpu_quota=spec["quota"],
-            profile_runs=3,
-            frames_stay=stay,
-            encoding=spec["encoding"],
+            network=NetworkConfig(
+                host=me["host"],
+                port=me["port"],
+                advertise_host=me["relay_host"],
+                advertise_port=me["relay_port"],
+                seeds=tuple(spec["seeds"]),
+                mdns=False,
+                request_timeout=30.0,
+            ),
+            cache=CacheConfig(share=False),
+            # A device asks; it serves nobody (the other device in this process among them).
+            serving=ServingConfig(serve=False),
+            strategy=StrategyConfig(
+                input_spec=LITE_SPEC, profile_runs=3, frames_stay=stay, encoding=spec["encoding"]
+            ),
         )
 
     out: dict[str, Any] = {}
@@ -283,7 +292,8 @@ async def _cell(
     encoding: str,
 ) -> dict[str, Any]:
     from ccied_p2p.inputs import LITE_SPEC
-    from ccied_p2p.runtime.node import Node, NodeConfig
+    from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, NodeConfig, StrategyConfig
+    from ccied_p2p.runtime.node import Node
     from ccied_p2p.runtime.quota import CpuQuota
     from ccied_p2p.testing import LinkSpec, Relay
 
@@ -310,18 +320,22 @@ async def _cell(
             cfg = NodeConfig(
                 name=name,
                 secret=secret,
-                host=hosts[name],
-                port=ports[name],
-                advertise_host=relays[name].host,
-                advertise_port=relays[name].port,
-                seeds=tuple(
-                    f"{r.host}:{r.port}" for n, r in relays.items() if n.startswith("peer") and n != name
-                ),
-                mdns=False,
                 observe=False,
-                cache=False,  # compute servers: the device's own cache is what is measured
-                input_spec=LITE_SPEC,
-                request_timeout=30.0,
+                network=NetworkConfig(
+                    host=hosts[name],
+                    port=ports[name],
+                    advertise_host=relays[name].host,
+                    advertise_port=relays[name].port,
+                    seeds=tuple(
+                        f"{r.host}:{r.port}" for n, r in relays.items() if n.startswith("peer") and n != name
+                    ),
+                    mdns=False,
+                    request_timeout=30.0,
+                ),
+                cache=CacheConfig(
+                    enabled=False
+                ),  # compute servers: the device's own cache is what is measured
+                strategy=StrategyConfig(input_spec=LITE_SPEC),
             )
             node = Node(split, cfg)
             await node.start()

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _one_run(
     args: argparse.Namespace, share: bool, split: Any, data: Any, settings: Any, streams: list[Any]
 ) -> dict[str, Any]:
-    from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
+    from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, NodeConfig
+    from ccied_p2p.runtime.node import InferenceResult, Node
 
     secret = "bench-sharing-secret"
     nodes: list[Node] = []
@@ -47,11 +48,14 @@ async def _one_run(
         for d in range(args.devices):
             seeds = [nodes[0].address] if nodes else []
             config = NodeConfig(
-                name=f"dev{d}", secret=secret, mdns=False, seeds=seeds, share_cache=share, load_interval=0.25
+                name=f"dev{d}",
+                secret=secret,
+                load_interval=0.25,
+                network=NetworkConfig(mdns=False, seeds=seeds),
+                cache=settings.config(CacheConfig(share=share)),
             )
             node = Node(split, config)
             await node.start()
-            settings.apply(node.cache)
             nodes.append(node)
         for node in nodes:
             await node.wait_for_peers(args.devices - 1)

@@ -57,7 +57,8 @@ def _pct(values: list[float], q: float) -> float:
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from ccied_p2p import datasets
     from ccied_p2p.presets import reference_parts
-    from ccied_p2p.runtime.node import Node, NodeConfig
+    from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, NodeConfig, StrategyConfig
+    from ccied_p2p.runtime.node import Node
 
     data = datasets.load(args.data)
     split = reference_parts(args.model, data, amount=args.amount, progress=False)
@@ -66,22 +67,29 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     runner, echo_port = await _echo_server()
     try:
         async with (
-            Node(split, NodeConfig(name="server", secret=secret, mdns=False, cache=False)) as server,
+            Node(
+                split,
+                NodeConfig(
+                    name="server",
+                    secret=secret,
+                    network=NetworkConfig(mdns=False),
+                    cache=CacheConfig(enabled=False),
+                ),
+            ) as server,
             Node(
                 split,
                 NodeConfig(
                     name="asker",
                     secret=secret,
-                    mdns=False,
-                    cache=False,
-                    seeds=[server.address],
-                    encoding=args.encoding,
+                    network=NetworkConfig(mdns=False, seeds=[server.address]),
+                    cache=CacheConfig(enabled=False),
+                    strategy=StrategyConfig(encoding=args.encoding),
                 ),
             ) as asker,
             aiohttp.ClientSession() as session,
         ):
             await asker.wait_for_peers(1)
-            asker.config.local_tail_ms = (
+            asker.config.strategy.local_tail_ms = (
                 10_000.0  # a device whose own tail is slow: every request goes to the peer
             )
             async with session.ws_connect(

@@ -97,7 +97,7 @@ class Inference:
             act, _ = compute.head_sync(split.example_input)
             _, _, tail_s = compute.tail_sync(act)
             compute.tail_row.update(tail_s)
-        msg = InferRequest(0, split.fingerprint, split.split_at, act, node.config.encoding)
+        msg = InferRequest(0, split.fingerprint, split.split_at, act, node.config.strategy.encoding)
         self.act_bytes.update(len(encode_message(msg)) + 16)
         spec = node.input_spec
         # A q90 JPEG of a camera frame: 6-16 KB at 224x224x3; a raw input: its float32 bytes.
@@ -106,7 +106,7 @@ class Inference:
 
     def offload_format(self) -> str:
         node = self.node
-        fmt = node.config.offload_format
+        fmt = node.config.strategy.offload_format
         if fmt == "auto":
             return "jpeg" if node.input_spec.size[0] * node.input_spec.size[1] >= 64 * 64 else "raw"
         return fmt
@@ -170,7 +170,7 @@ class Inference:
         act, head_s = await node._compute.head(x)
         timings: dict[str, float] = {"head": head_s}
         raw_bytes = int(act.size) * 4
-        looked = self.lookup(act, timings) if node.config.cache else Looked()
+        looked = self.lookup(act, timings) if node.config.cache.enabled else Looked()
         if looked.hit is not None:
             return self._cached(looked.hit, timings, t0, raw_bytes)
         # A miss, or a hit the cache wants audited: run the tail and tell the cache what it said.
@@ -184,14 +184,16 @@ class Inference:
         local = Candidate(
             node_id=node.node_id,
             fingerprint=node.split.fingerprint,
-            tail_s=compute.service.get(0.001) if cfg.local_tail_ms is None else cfg.local_tail_ms / 1000,
+            tail_s=compute.service.get(0.001)
+            if cfg.strategy.local_tail_ms is None
+            else cfg.strategy.local_tail_ms / 1000,
             local=True,
             name=cfg.name,
             queue_depth=compute.queued_rows,
             service_rate=0.0,
         )
         out = [local]
-        if not cfg.offload:
+        if not cfg.strategy.offload:
             return out
         for node_id, link in node.links.items():
             member = node.membership.get(node_id)
@@ -214,7 +216,7 @@ class Inference:
         node = self.node
         cfg, fp = node.config, node.split.fingerprint
         request = Request(fp, payload_bytes=max(64, raw_bytes // 8))
-        order = choose(request, self._candidates(), node._now(), cfg.policy)
+        order = choose(request, self._candidates(), node._now(), cfg.strategy.policy)
         for attempts, estimate in enumerate(order, start=1):
             target = estimate.candidate
             if target.local:
@@ -229,8 +231,8 @@ class Inference:
             est = self._estimator(target.node_id)
             try:
                 t_enc = time.perf_counter()
-                msg = InferRequest(0, fp, node.split.split_at, act, cfg.encoding)
-                resp, sent, encode_s = await link.request(msg, cfg.request_timeout)
+                msg = InferRequest(0, fp, node.split.split_at, act, cfg.strategy.encoding)
+                resp, sent, encode_s = await link.request(msg, cfg.network.request_timeout)
                 rtt = time.perf_counter() - t_enc
             except (RemoteError, ConnectionError) as exc:
                 node.counters.retries += 1
@@ -268,7 +270,7 @@ class Inference:
         cfg, compute = node.config, node._compute
         now = node._now()
         peers: list[LivePeer] = []
-        if cfg.offload:
+        if cfg.strategy.offload:
             for node_id, link in node.links.items():
                 member = node.membership.get(node_id)
                 if (
@@ -291,7 +293,7 @@ class Inference:
                         queue_depth=load.queue_depth if load is not None else 0,
                         service_rate=load.service_rate if load is not None else 0.0,
                         inflight=link.in_flight,
-                        penalty_s=cfg.request_timeout if est.backoff_until > now else 0.0,
+                        penalty_s=cfg.network.request_timeout if est.backoff_until > now else 0.0,
                         node_id=node_id,
                     )
                 )
@@ -305,7 +307,7 @@ class Inference:
                 activation_bytes=round(self.act_bytes.get(0.0)),
                 lookups=tuple(self.lookups),
                 # A cache calibrated to answer nothing (threshold < 0) is no option.
-                cache=cfg.cache and node.cache.threshold >= 0,
+                cache=cfg.cache.enabled and node.cache.threshold >= 0,
                 lookup_s=self.lookup_cost.get(0.0003),
                 queue_s=compute.queued_rows * compute.tail_row.get(0.0),
                 encode_s=self.encode_cost.get(0.0) if self.offload_format() == "jpeg" else 0.0,
@@ -314,7 +316,9 @@ class Inference:
         )
 
     def options(self) -> list[Option]:
-        return choose_strategy(self.situation(), StrategyPolicy(frames_stay=self.node.config.frames_stay))
+        return choose_strategy(
+            self.situation(), StrategyPolicy(frames_stay=self.node.config.strategy.frames_stay)
+        )
 
     async def infer_frame(self, frame: Any, only: Strategy | None) -> InferenceResult:
         node = self.node
@@ -325,15 +329,15 @@ class Inference:
         options = self.options()
         chosen = options[0].label
         # A fixed strategy other than the cache leaves the cache alone (no lookup, no insert).
-        use_cache = cfg.cache and only in (None, Strategy.CACHE)
+        use_cache = cfg.cache.enabled and only in (None, Strategy.CACHE)
         if only is not None:
             picked = [o for o in options if o.strategy is only]
             options = picked + [o for o in options if o.strategy is Strategy.LOCAL]
         elif (
             use_cache
-            and cfg.explore_every
+            and cfg.strategy.explore_every
             and options[0].strategy is not Strategy.CACHE
-            and self.since_lookup >= cfg.explore_every
+            and self.since_lookup >= cfg.strategy.explore_every
         ):
             # Measure the hit rate again, once in a while, if a hit would beat the best option at all.
             cached = [o for o in options if o.strategy is Strategy.CACHE]
@@ -369,7 +373,9 @@ class Inference:
                             labels[0], confs[0], "local", timings, 0, act.size * 4, strategy="local"
                         )
                     else:
-                        msg = InferRequest(0, node.split.fingerprint, node.split.split_at, act, cfg.encoding)
+                        msg = InferRequest(
+                            0, node.split.fingerprint, node.split.split_at, act, cfg.strategy.encoding
+                        )
                         done = await self._remote(option, msg, timings, t0)
                     if use_cache and done is not None:
                         if looked.feature is None:
@@ -401,7 +407,7 @@ class Inference:
         if self.offload_format() == "raw":
             return InferInput(0, fp, spec.key, "raw", spec.shape, tensor=spec.to_tensor(pixels))
         start = time.perf_counter()
-        data = await node._compute.run(encode_jpeg, pixels, node.config.jpeg_quality)
+        data = await node._compute.run(encode_jpeg, pixels, node.config.strategy.jpeg_quality)
         timings["jpeg"] = time.perf_counter() - start
         self.encode_cost.update(timings["jpeg"])
         return InferInput(0, fp, spec.key, "jpeg", spec.shape, data)
@@ -418,7 +424,7 @@ class Inference:
         fit = self.links_fit.setdefault(option.node_id, LinkFit())
         start = time.perf_counter()
         try:
-            resp, sent, encode_s = await link.request(msg, node.config.request_timeout)
+            resp, sent, encode_s = await link.request(msg, node.config.network.request_timeout)
         except (RemoteError, ConnectionError):
             est.failure(node._now())
             raise

@@ -88,12 +88,19 @@ class Mesh:
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """The server side: a peer's WebSocket, authenticated, then adopted for as long as it stays open."""
         node, cfg = self.node, self.node.config
-        ws = web.WebSocketResponse(max_msg_size=cfg.limits.max_frame_bytes + 64, heartbeat=cfg.heartbeat)
+        ws = web.WebSocketResponse(
+            max_msg_size=cfg.serving.limits.max_frame_bytes + 64, heartbeat=cfg.network.heartbeat
+        )
         await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         try:
             session = await handshake(
-                ws, Role.RESPONDER, self._hello(), cfg.secret, cfg.limits, cfg.handshake_timeout
+                ws,
+                Role.RESPONDER,
+                self._hello(),
+                cfg.secret,
+                cfg.serving.limits,
+                cfg.connections.handshake_timeout,
             )
         except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
             node.counters.auth_failures += 1
@@ -116,7 +123,7 @@ class Mesh:
             ws,
             session,
             node._on_message,
-            cfg.max_in_flight,
+            cfg.network.max_in_flight,
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
@@ -129,13 +136,18 @@ class Mesh:
         node, cfg = self.node, self.node.config
         ws = await self._session.ws_connect(
             f"http://{host}:{port}{WS_PATH}",
-            max_msg_size=cfg.limits.max_frame_bytes + 64,
-            heartbeat=cfg.heartbeat,
+            max_msg_size=cfg.serving.limits.max_frame_bytes + 64,
+            heartbeat=cfg.network.heartbeat,
             autoping=True,
         )
         try:
             session = await handshake(
-                ws, Role.INITIATOR, self._hello(), cfg.secret, cfg.limits, cfg.handshake_timeout
+                ws,
+                Role.INITIATOR,
+                self._hello(),
+                cfg.secret,
+                cfg.serving.limits,
+                cfg.connections.handshake_timeout,
             )
         except BaseException:
             await ws.close()
@@ -144,7 +156,7 @@ class Mesh:
             ws,
             session,
             node._on_message,
-            cfg.max_in_flight,
+            cfg.network.max_in_flight,
             address=(host, port),
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
@@ -223,7 +235,7 @@ class Mesh:
             with contextlib.suppress(LinkClosedError):
                 await link.send(queued)
         cfg = node.config
-        if cfg.share_cache and cfg.cache and link.peer.fingerprint == node.split.fingerprint:
+        if cfg.cache.share and cfg.cache.enabled and link.peer.fingerprint == node.split.fingerprint:
             with contextlib.suppress(LinkClosedError):
                 await link.send(CacheSync(tuple(node.cache.known().items()), 256 << 10))
         try:

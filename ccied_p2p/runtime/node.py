@@ -94,6 +94,8 @@ class Node:
     """
 
     def __init__(self, split: SplitModel, config: NodeConfig, cache: SemanticCache | None = None) -> None:
+        """``config.cache`` configures the cache; ``cache`` hands in the store itself (e.g. one loaded from
+        disk), whose answer rule ``config.cache`` then overrides field by field (its None fields leave it)."""
         config.validate()
         self.split = split
         self.config = config
@@ -103,7 +105,7 @@ class Node:
         self.advertised_port = 0
         self.counters = NodeStats()
         self.observers: list[NodeObserver] = []
-        self.input_spec = config.input_spec or InputSpec.for_shape(split.example_input.shape)
+        self.input_spec = config.strategy.input_spec or InputSpec.for_shape(split.example_input.shape)
         if self.input_spec.shape != tuple(split.example_input.shape[1:]):
             raise ConfigError(
                 f"input_spec {self.input_spec.shape} does not match the model's input "
@@ -113,18 +115,17 @@ class Node:
             cache
             if cache is not None
             else SemanticCache(
-                capacity=config.cache_capacity,
+                capacity=config.cache.capacity,
                 reducer=reducer_for(split.activation_shape, split.channel_mask),
             )
         )
-        if config.cache_threshold is not None:
-            self.cache.threshold = config.cache_threshold
+        config.cache.tune(self.cache)
         # What hostile traffic makes this node log (refused connections, handshakes, requests, frames).
         self.refusal_log = RateLimitedLog(log)
         self._compute = Compute(
             split,
-            max_batch=config.max_batch,
-            inline_tail_ms=config.inline_tail_ms,
+            max_batch=config.serving.max_batch,
+            inline_tail_ms=config.serving.inline_tail_ms,
             now=self._now,
             thread_name=f"ccied-{config.name}",
         )
@@ -184,20 +185,27 @@ class Node:
         self.cache.node_id = self.node_id
         stack.callback(self._compute.executor.shutdown, wait=True)  # the last thing close() does
         await self._compute.run(torch.set_num_threads, 1)
-        await self._compute.run(self._inference.profile_sync, cfg.profile_runs)
+        await self._compute.run(self._inference.profile_sync, cfg.strategy.profile_runs)
 
         budget = descriptor_budget()
-        max_connections = min(cfg.max_connections, budget) if budget is not None else cfg.max_connections
-        if max_connections < cfg.max_connections:
+        max_connections = (
+            min(cfg.connections.max_connections, budget)
+            if budget is not None
+            else cfg.connections.max_connections
+        )
+        if max_connections < cfg.connections.max_connections:
             log.info(
                 "[%s] at most %d connections (half the open-file limit), not %d",
                 cfg.name,
                 max_connections,
-                cfg.max_connections,
+                cfg.connections.max_connections,
             )
         guard = ConnectionGuard(
             GuardLimits(
-                cfg.header_timeout, cfg.idle_timeout, max_connections, cfg.max_connections_per_address
+                cfg.connections.header_timeout,
+                cfg.connections.idle_timeout,
+                max_connections,
+                cfg.connections.max_connections_per_address,
             ),
             refused=self.counters.connections_refused,
             logger=self.refusal_log,
@@ -215,16 +223,18 @@ class Node:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         stack.push_async_callback(runner.cleanup)
         await runner.setup()
-        site = GuardedSite(runner, cfg.host, cfg.port, guard)
+        site = GuardedSite(runner, cfg.network.host, cfg.network.port, guard)
         await site.start()
         # From here to _Running nothing awaits: a peer's handshake cannot finish before membership exists.
         self.port = int(site.sockets[0].getsockname()[1])
-        self.host = cfg.advertise_host or (cfg.host if cfg.host not in ("0.0.0.0", "") else _local_ip())
+        self.host = cfg.network.advertise_host or (
+            cfg.network.host if cfg.network.host not in ("0.0.0.0", "") else _local_ip()
+        )
         # Outbound connections leave from the bound address, so a relay or firewall can tell nodes apart.
-        session = self._mesh.open(cfg.host if cfg.host not in ("0.0.0.0", "") else None)
+        session = self._mesh.open(cfg.network.host if cfg.network.host not in ("0.0.0.0", "") else None)
         stack.push_async_callback(session.close)
         stack.push_async_callback(self._stop_tasks)
-        self.advertised_port = cfg.advertise_port or self.port
+        self.advertised_port = cfg.network.advertise_port or self.port
         membership = Membership(
             self.node_id,
             name=cfg.name,
@@ -244,9 +254,9 @@ class Node:
         )
         self._spawn(self._ticker(), "gossip")
         self._spawn(self._compute.worker(), "tail")
-        for seed in cfg.seeds:
+        for seed in cfg.network.seeds:
             self._spawn(self._mesh.dial_address(seed), f"seed:{seed}")
-        if cfg.mdns:
+        if cfg.network.mdns:
             running.discovery = await self._start_discovery()
             self._spawn(self._mesh.watch_discovery(running.discovery), "mdns")
 
@@ -255,7 +265,11 @@ class Node:
 
         cfg = self.config
         discovery = Discovery(
-            DiscoveryConfig(interfaces="all" if "all" in cfg.mdns_interfaces else list(cfg.mdns_interfaces)),
+            DiscoveryConfig(
+                interfaces="all"
+                if "all" in cfg.network.mdns_interfaces
+                else list(cfg.network.mdns_interfaces)
+            ),
             announce=ServiceAnnouncement(
                 node_id=self.node_id,
                 name=cfg.name,
@@ -513,13 +527,13 @@ class Node:
                         compute.service.get(0.001) * 1000,
                         compute.served_rate.rate(now),
                         # -1: serves nobody (serve=False), so askers leave this member out
-                        (head_s + compute.tail_row.get(0.0)) * 1000 if self.config.serve else -1.0,
+                        (head_s + compute.tail_row.get(0.0)) * 1000 if self.config.serving.serve else -1.0,
                         head_s * 1000,
                     )
                 )
-                if self.config.cache:
+                if self.config.cache.enabled:
                     membership.update_cache(self.cache.summary(self.split.fingerprint))
-                    if self.config.share_cache:
+                    if self.config.cache.share:
                         await self._sync_caches()
             await self._mesh.send_all(membership.tick(now))
             self.counters.gossip_rounds += 1

@@ -67,12 +67,12 @@ class Serving:
         cfg = config
         self.policy = AdmissionPolicy(
             activation_shape=tuple(split.activation_shape),
-            max_rows=cfg.max_batch,
+            max_rows=cfg.serving.max_batch,
             max_feature=max(1, math.prod(split.activation_shape)),
-            queue_rows=cfg.peer_queue_rows,
-            queue_bytes=cfg.peer_queue_bytes,
-            input_shape=spec.shape if cfg.accept_inputs and cfg.serve else None,
-            max_input_bytes=min(spec.max_jpeg_bytes(), cfg.limits.max_input_bytes),
+            queue_rows=cfg.serving.peer_queue_rows,
+            queue_bytes=cfg.serving.peer_queue_bytes,
+            input_shape=spec.shape if cfg.serving.accept_inputs and cfg.serving.serve else None,
+            max_input_bytes=min(spec.max_jpeg_bytes(), cfg.serving.limits.max_input_bytes),
         )
         self.budgets: dict[Link, PeerBudget] = {}
         self._refusal_window = -math.inf
@@ -127,7 +127,7 @@ class Serving:
 
     def _remember(self, act: np.ndarray[Any, Any], label: int, confidence: float) -> None:
         """Cache what this node computed for a peer (one row), as its own answer."""
-        if self.config.cache:
+        if self.config.cache.enabled:
             try:
                 self.cache.insert(act, label, confidence, self.split.fingerprint, self._now())
             except CCIEDError as exc:
@@ -146,7 +146,7 @@ class Serving:
 
     async def _tail_reply(self, link: Link, msg: InferRequest, decode_s: float) -> Message:
         cfg, split = self.config, self.split
-        if not cfg.serve:
+        if not cfg.serving.serve:
             return ErrorMessage(msg.request_id, "refused", f"{cfg.name} does not serve tails")
         if msg.fingerprint != split.fingerprint or msg.split != split.split_at:
             return ErrorMessage(msg.request_id, "fingerprint", "model fingerprint or split does not match")
@@ -181,7 +181,7 @@ class Serving:
 
     async def _input_reply(self, link: Link, msg: InferInput, decode_s: float) -> Message:
         cfg, spec = self.config, self.spec
-        if not (cfg.serve and cfg.accept_inputs):
+        if not (cfg.serving.serve and cfg.serving.accept_inputs):
             return ErrorMessage(msg.request_id, "refused", f"{cfg.name} does not run inputs")
         if msg.fingerprint != self.split.fingerprint:
             return ErrorMessage(msg.request_id, "fingerprint", "model fingerprint does not match")
@@ -219,7 +219,7 @@ class Serving:
 
     def _sharing(self) -> bool:
         cfg = self.config
-        return cfg.cache and cfg.share_cache
+        return cfg.cache.enabled and cfg.cache.share
 
     async def answer_sync(self, link: Link, msg: CacheSync) -> None:
         """Send the entries the asker lacks, as far as one frame carries them."""
@@ -227,7 +227,7 @@ class Serving:
             return
         entries = self.cache.entries_since(dict(msg.known), max_bytes=min(msg.max_bytes, 256 << 10))
         # A prefix keeps the asker's per-origin high-water marks honest; more would not decode there.
-        del entries[self.config.limits.max_items :]
+        del entries[self.config.serving.limits.max_items :]
         if entries:
             await link.send(CacheEntries(tuple(entries)))
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ from ccied_p2p.codec.messages import MemberState
 from ccied_p2p.errors import ConfigError, LocalError
 from ccied_p2p.gossip.membership import MembershipConfig
 from ccied_p2p.presets import CacheSettings
-from ccied_p2p.runtime.node import Node, NodeConfig
+from ccied_p2p.runtime.config import NetworkConfig, NodeConfig
+from ccied_p2p.runtime.node import Node
 from ccied_p2p.runtime.quota import CpuQuota, QuotaSpec
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.linkmodel import LinkSpec
@@ -76,6 +78,11 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _copied(value: Any) -> Any:
+    """A shallow copy of a dataclass instance (a NodeConfig group), anything else as it is."""
+    return replace(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
 class LocalCluster:
     """``async with LocalCluster(3) as cluster:`` n real nodes on loopback, with kills, restarts, partitions.
 
@@ -84,7 +91,8 @@ class LocalCluster:
     spec for every pair (``LinkSpec()`` emulates a perfect link, which still allows partitions);
     ``membership`` defaults to :class:`MembershipConfig` (``MembershipConfig.quick()`` for fast tests);
     ``cache_settings`` calibrated cache settings for every node; ``node_options`` more NodeConfig fields
-    for in-process nodes (``cache=False``, ``request_timeout=...``). ``netns=True`` (root only) runs every
+    for in-process nodes, groups whole (``cache=CacheConfig(enabled=False)``,
+    ``network=NetworkConfig(request_timeout=...)``: the cluster sets its addresses, seeds and mDNS in it). ``netns=True`` (root only) runs every
     node as a subprocess in its own network namespace (:mod:`ccied_p2p.testing.netns`): ``link.rate`` is
     applied with ``tc tbf`` and partitions split the bridge. ``cpu_quota`` (a fraction of one core, for every
     node or one per node, None for unlimited) puts each subprocess node in its own cgroup right after it is
@@ -283,16 +291,22 @@ class LocalCluster:
         return self._relays[i]
 
     def join_config(self, name: str, host: str = "127.0.0.1", **options: Any) -> NodeConfig:
-        """A NodeConfig for a node outside the cluster that joins it (same secret and membership timings)."""
-        options.setdefault("membership", self.membership)
-        return NodeConfig(
-            name=name,
-            secret=self.secret,
-            host=host,
-            mdns=False,
-            seeds=tuple(self.nodes[i].address for i in self.running),
-            **options,
-        )
+        """A NodeConfig for a node outside the cluster that joins it (same secret and membership timings).
+
+        ``options`` are more NodeConfig fields, groups whole; the network group gets ``host`` and the seeds.
+        """
+        seeds = tuple(self.nodes[i].address for i in self.running)
+        return self._config(name, options, host=host, seeds=seeds)
+
+    def _config(self, name: str, options: Mapping[str, Any], **network: Any) -> NodeConfig:
+        """``options`` (NodeConfig fields) with this cluster's secret, membership, cache settings and ``network``."""
+        # Each node its own copy of every group: a group is mutable (``node.config.strategy.local_tail_ms``).
+        fields: dict[str, Any] = {k: _copied(v) for k, v in options.items()}
+        fields.setdefault("membership", self.membership)
+        fields["network"] = replace(fields.get("network") or NetworkConfig(), mdns=False, **network)
+        if self.cache_settings is not None:
+            fields["cache"] = self.cache_settings.config(fields.get("cache"))
+        return NodeConfig(name=name, secret=self.secret, **fields)
 
     def views(self) -> dict[str, dict[str, MemberState | None]]:
         """What each running node believes about every other slot: its state, or None if unknown."""
@@ -476,23 +490,17 @@ class LocalCluster:
 
     async def _start_inprocess(self, h: NodeHandle) -> None:
         assert self.split is not None
-        options = dict(self.node_options)
-        options.setdefault("membership", self.membership)
-        config = NodeConfig(
-            name=h.name,
-            secret=self.secret,
+        config = self._config(
+            h.name,
+            self.node_options,
             host=h.host,
             port=h.port,
             advertise_host=h.relay_host,
             seeds=self._seeds(h),
-            mdns=False,
-            **options,
         )
         node = Node(self.split, config)
         node.observers.append(_Watcher(self.sightings))
         await node.start()
-        if self.cache_settings is not None:
-            self.cache_settings.apply(node.cache)
         h.node = node
         h.node_id = node.node_id.hex()
 

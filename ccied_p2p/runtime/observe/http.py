@@ -74,7 +74,9 @@ class _Routes:
     def _allowed_hosts(self) -> set[str]:
         cfg = self.node.config
         # Debian maps the host name to 127.0.1.1, so a browser on this machine may use it.
-        return {h.lower() for h in (cfg.host, cfg.advertise_host, self.node.host) if h} | self._machine
+        return {
+            h.lower() for h in (cfg.network.host, cfg.network.advertise_host, self.node.host) if h
+        } | self._machine
 
     @functools.cached_property
     def _machine(self) -> set[str]:

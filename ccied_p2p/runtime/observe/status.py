@@ -375,7 +375,7 @@ class Observer(NodeObserver):
                 "fingerprint": node.split.fingerprint,
                 "split": node.split.split_at,
                 "activation_shape": list(node.split.activation_shape),
-                "encoding": node.config.encoding,
+                "encoding": node.config.strategy.encoding,
                 "uptime_s": _num(self.uptime(), 3),
                 "started": round(self.started_wall, 3),
                 "secure": node.config.secret is not None,
@@ -422,8 +422,8 @@ class Observer(NodeObserver):
         st = cache.stats()
         looked = st.hits + st.misses
         return {
-            "enabled": node.config.cache,
-            "shared": node.config.share_cache,
+            "enabled": node.config.cache.enabled,
+            "shared": node.config.cache.share,
             "entries": st.entries,
             "capacity": cache.capacity,
             "hits": st.hits,
