@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.launch import READY, start_serve, stop_serve
-from ccied_p2p.presets import CacheSettings, activations, calibrate
+from ccied_p2p.presets import activations, calibrate
 from ccied_p2p.runtime.config import NetworkConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
 from ccied_p2p.split import SplitModel
@@ -34,15 +34,13 @@ __all__ = [
 ]
 
 
-async def serve_forever(split: SplitModel, config: NodeConfig, settings: CacheSettings | None = None) -> None:
+async def serve_forever(split: SplitModel, config: NodeConfig) -> None:
     """Run one node until SIGINT or SIGTERM; print ``READY <address> <fingerprint>`` once it listens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Node(split, config) as node:
-        if settings is not None:
-            settings.apply(node.cache)
         sys.stdout.write(f"{READY} {node.address} {split.fingerprint} {node.node_id.hex()}\n")
         sys.stdout.flush()
         await stop.wait()
@@ -156,7 +154,6 @@ async def demo(
     )
     children: list[asyncio.subprocess.Process] = []
     async with Node(split, config) as node:
-        settings.apply(node.cache)
         try:
             for name in ("demo-b", "demo-c"):
                 proc, _addr = await start_serve(
@@ -206,11 +203,11 @@ async def stream(
     workload: str = "camera",
     requests: int = 1000,
     concurrency: int = 4,
-    settings: CacheSettings | None = None,
     wait_peers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Join the cluster as one node and stream a workload through it (``ccied-p2p infer``)."""
+    """Join the cluster as one node and stream a workload through it (``ccied-p2p infer``); the node's cache
+    is configured by ``config.cache``."""
     from ccied_p2p.workloads import control_stream
 
     if workload == "camera":
@@ -222,8 +219,6 @@ async def stream(
     _, reference, _ = activations(split, data, images)
     x = data.normalize(images)
     async with Node(split, config) as node:
-        if settings is not None:
-            settings.apply(node.cache)
         await node.wait_for_peers(wait_peers, timeout=30)
         results, elapsed = await _drive(node, x, concurrency, f"infer {workload}", progress)
         failed = node.counters.failed
