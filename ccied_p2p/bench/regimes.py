@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import secrets
 import socket
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -42,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from ccied_p2p.bench.regimes_rows import FIXED, RTT_MS, cell_rows, median_rows
+
 __all__ = ["add_arguments", "camera_demo", "render", "render_camera_demo", "run"]
 
 QUOTAS = (0.10, 0.25, 1.0)
 MBITS = (1.0, 10.0, 100.0)
-RTT_MS = 20.0
 CUT = "_blocks.5"  # 80x14x14, the cut of ccied_p2p.lite
-FIXED = ("local", "offload", "split")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -403,99 +401,6 @@ def _reference(split: Any, frames: np.ndarray) -> list[int]:
         return [int(split(torch.from_numpy(LITE_SPEC.preprocess(f))).argmax(1)) for f in frames]
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
-def _accuracy(labels: list[int], truth: np.ndarray, ref: list[int]) -> tuple[float, float]:
-    """(accuracy, agreement with the local model); accuracy is agreement where there are no labels."""
-    agree = [a == b for a, b in zip(labels, ref, strict=True)]
-    agreement = sum(agree) / len(agree) if agree else math.nan
-    known = [(a, int(t)) for a, t in zip(labels, truth, strict=True) if t >= 0]
-    if not known:
-        return agreement, agreement
-    return sum(a == t for a, t in known) / len(known), agreement
-
-
-def _rows(
-    quota: float, mbit: float, name: str, runs: dict[str, Any], ref: list[int], truth: np.ndarray
-) -> list[dict[str, Any]]:
-    rows = []
-    local_accuracy, _ = _accuracy(ref, truth, ref)
-    fixed = {k: _mean(runs[k]["ms"]) for k in FIXED}
-    for stay in (False, True):
-        run = runs["adaptive_stay" if stay else "adaptive"]
-        pool = {k: v for k, v in fixed.items() if not (stay and k == "offload")}
-        best = min(pool, key=lambda k: pool[k])
-        adaptive = _mean(run["ms"])
-        accuracy, agreement = _accuracy(run["labels"], truth, ref)
-        used: dict[str, int] = {}
-        for u in run["used"]:
-            used[u] = used.get(u, 0) + 1
-        rows.append(
-            {
-                "quota": quota,
-                "mbit": mbit,
-                "rtt_ms": RTT_MS,
-                "stream": name,
-                "frames_stay": stay,
-                "frames": len(ref),
-                "adaptive_ms": adaptive,
-                "adaptive_p50_ms": statistics.median(run["ms"]) if run["ms"] else math.nan,
-                "best_fixed": best,
-                "best_fixed_ms": pool[best],
-                "ratio": adaptive / pool[best] if pool[best] > 0 else math.nan,
-                "fixed_ms": fixed,
-                "accuracy": accuracy,
-                "local_accuracy": local_accuracy,
-                "agreement": agreement,
-                "labelled": int((truth >= 0).sum()),
-                "failed": run["failed"] + sum(runs[k]["failed"] for k in FIXED),
-                "used": used,
-                "bytes_per_frame": run["bytes"] / max(1, len(run["ms"])),
-                "latencies_ms": {
-                    "adaptive": run["ms"],
-                    **{k: runs[k]["ms"] for k in FIXED},
-                },
-                "estimates": runs.get("estimates", {}),
-            }
-        )
-    return rows
-
-
-def _median_rows(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row from the same cell's rows of several repeats: medians of their means, everything else pooled."""
-    if len(reps) == 1:
-        return {**reps[0], "repeats": 1, "ratios": [reps[0]["ratio"]], "estimates": [reps[0]["estimates"]]}
-    fixed = {k: statistics.median(r["fixed_ms"][k] for r in reps) for k in reps[0]["fixed_ms"]}
-    pool = {k: v for k, v in fixed.items() if not (reps[0]["frames_stay"] and k == "offload")}
-    best = min(pool, key=lambda k: pool[k])
-    adaptive = statistics.median(r["adaptive_ms"] for r in reps)
-    used: dict[str, int] = {}
-    for r in reps:
-        for k, v in r["used"].items():
-            used[k] = used.get(k, 0) + v
-    latencies = {k: [ms for r in reps for ms in r["latencies_ms"][k]] for k in reps[0]["latencies_ms"]}
-    return {
-        **reps[0],
-        "repeats": len(reps),
-        "adaptive_ms": adaptive,
-        "adaptive_p50_ms": statistics.median(latencies["adaptive"]),
-        "best_fixed": best,
-        "best_fixed_ms": pool[best],
-        "ratio": adaptive / pool[best] if pool[best] > 0 else math.nan,
-        "ratios": [r["ratio"] for r in reps],
-        "fixed_ms": fixed,
-        "accuracy": statistics.fmean(r["accuracy"] for r in reps),
-        "agreement": statistics.fmean(r["agreement"] for r in reps),
-        "failed": sum(r["failed"] for r in reps),
-        "used": used,
-        "bytes_per_frame": statistics.fmean(r["bytes_per_frame"] for r in reps),
-        "latencies_ms": latencies,
-        "estimates": [r["estimates"] for r in reps],
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker is not None:
         raise SystemExit("--worker is internal")
@@ -532,8 +437,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for _ in range(max(1, args.repeats))
                 ]
                 for name in names:
-                    per = [_rows(quota, mbit, name, r[name], refs[name], streams[name][1]) for r in results]
-                    regimes.extend(_median_rows([p[i] for p in per]) for i in range(len(per[0])))
+                    per = [
+                        cell_rows(quota, mbit, name, r[name], refs[name], streams[name][1]) for r in results
+                    ]
+                    regimes.extend(median_rows([p[i] for p in per]) for i in range(len(per[0])))
                 print(
                     f"regimes: quota {quota:g}, {mbit:g} Mbit/s done",
                     file=sys.stderr,
@@ -577,7 +484,7 @@ def camera_demo(quota: float | None, mbit: float = 10.0, frames: int = 24) -> di
         path = str(Path(tmp) / "camera.npy")
         np.save(path, stream)
         result = asyncio.run(_cell(q, mbit, {"camera": path}, split, tmp, cache, WIRE_ENCODING))["camera"]
-    row = _rows(q, mbit, "camera", result, ref, truth)[0]
+    row = cell_rows(q, mbit, "camera", result, ref, truth)[0]
     return {
         "quota": q,
         "mbit": mbit,
