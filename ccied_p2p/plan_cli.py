@@ -112,24 +112,9 @@ def _measure_lite0(args: argparse.Namespace) -> dict[str, Any]:
     strategy = choose(
         situation(profile, link, hit_rate, options, **common), StrategyPolicy(frames_stay=args.frames_stay)
     )
-    return {
-        "model": lite.MODEL,
-        "dataset": f"photo camera over the evaluation photos ({args.frames} frames); evaluation clips (bytes)",
-        "link": {"mbit": args.mbit, "rtt_ms": args.rtt_ms},
-        "hit_rate": hit_rate,
-        "slowdown": slowdown,
-        "quota": args.quota,
-        "frames_stay": args.frames_stay,
-        "strategy": strategy_json(strategy),
-        "max_drop_pp": args.max_drop_pp,
-        "accuracy_unpruned": rows[0]["accuracy_unsplit"],
-        "cuts": cuts,
-        "pruned": [],
-        "input_wire_bytes": input_wire,
-        "recommendation": asdict(plans[0]) | {"label": plans[0].label},
-        "best_split": next((asdict(p) | {"label": p.label} for p in plans if p.kind == "split"), None),
-        "plans": [asdict(p) | {"label": p.label} for p in plans[: max(1, args.top)]],
-    }
+    dataset = f"photo camera over the evaluation photos ({args.frames} frames); evaluation clips (bytes)"
+    return _result(args, lite.MODEL, dataset, hit_rate, slowdown, strategy, rows[0]["accuracy_unsplit"], cuts, [],
+                   input_wire, plans)  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,9 +220,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         slowdown=slowdown,
     )
     strategy = choose(where, StrategyPolicy(frames_stay=args.frames_stay))
+    return _result(
+        args, model, data.name, hit_rate, slowdown, strategy, acc0, cuts, pruned_rows, input_wire, plans
+    )
+
+
+def _result(
+    args: argparse.Namespace,
+    model: str,
+    dataset: str,
+    hit_rate: float,
+    slowdown: float,
+    strategy: Sequence[Any],
+    accuracy: float,
+    cuts: dict[str, Any],
+    pruned: list[dict[str, Any]],
+    input_wire: float,
+    plans: Sequence[Any],
+) -> dict[str, Any]:
+    """What ``plan --json`` prints: the situation, the policy's choice and the ranked plans."""
     return {
         "model": model,
-        "dataset": data.name,
+        "dataset": dataset,
         "link": {"mbit": args.mbit, "rtt_ms": args.rtt_ms},
         "hit_rate": hit_rate,
         "slowdown": slowdown,
@@ -245,9 +249,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "frames_stay": args.frames_stay,
         "strategy": strategy_json(strategy),
         "max_drop_pp": args.max_drop_pp,
-        "accuracy_unpruned": acc0,
+        "accuracy_unpruned": accuracy,
         "cuts": cuts,
-        "pruned": pruned_rows,
+        "pruned": pruned,
         "input_wire_bytes": input_wire,
         "recommendation": asdict(plans[0]) | {"label": plans[0].label},
         "best_split": next((asdict(p) | {"label": p.label} for p in plans if p.kind == "split"), None),
