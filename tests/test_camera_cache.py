@@ -24,3 +24,21 @@ def test_bench_cache_accepts_the_camera_workloads() -> None:
         args = build_parser().parse_args(["bench", "cache", "--workload", workload, "--json"])
         assert isinstance(args, argparse.Namespace)
         assert args.workload == workload
+
+
+def test_wire_values_match_the_dense_i4_codec() -> None:
+    import numpy as np
+    import torch
+
+    from ccied_p2p.bench.camera_cache import wire_values
+    from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
+    from ccied_p2p.lite import WIRE_ENCODING
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(0, 3, size=(1, 5, 4, 4)).astype(np.float32)
+    h[0, 2] = 0.0  # an all-zero channel stays zero
+    ours = wire_values(torch.from_numpy(h)).numpy()
+    theirs = decode_tensor(encode_tensor(h, WIRE_ENCODING))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert len(np.unique(ours[0, 0])) <= 15  # 4-bit values: at most 15 levels a channel
+    assert not np.allclose(ours, h)
