@@ -42,3 +42,19 @@ def test_wire_values_match_the_dense_i4_codec() -> None:
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     assert len(np.unique(ours[0, 0])) <= 15  # 4-bit values: at most 15 levels a channel
     assert not np.allclose(ours, h)
+
+
+def test_camera_workloads_default_to_the_unpruned_split() -> None:
+    from ccied_p2p.bench.cache import _defaults
+    from ccied_p2p.cli import build_parser
+
+    parse = build_parser().parse_args
+    camera = parse(["bench", "cache", "--workload", "photo-camera"])
+    _defaults(camera)
+    assert (camera.amount, camera.requests, camera.budget) == (0.0, 1500, None)
+    pruned = parse(["bench", "cache", "--workload", "video", "--amount", "0.65"])
+    _defaults(pruned)
+    assert pruned.amount == 0.65
+    fashion = parse(["bench", "cache"])
+    _defaults(fashion)
+    assert (fashion.amount, fashion.requests, fashion.budget) == (0.75, 5000, 0.01)

@@ -292,20 +292,28 @@ def _calibrate(streams: list[Stream], reducer: str, args: argparse.Namespace) ->
     return cal, time.perf_counter() - t0
 
 
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill the options whose default depends on the workload."""
+    if not hasattr(args, "workload"):
+        args.workload = "fashion"
+    if args.workload == "fashion":
+        args.amount = 0.75 if args.amount is None else args.amount
+        args.budget = 0.01 if args.budget is None else args.budget
+        return
+    if args.requests == 5000:  # the 28x28 default; camera frames cost ~0.1 s each
+        args.requests = 1500
+    if args.amount is None:  # the project sends the unpruned Lite0 split (in 4-bit values)
+        args.amount = 0.0
+    # args.budget stays None: camera_cache.CAMERA_BUDGET
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything; the returned object is what ``--json`` prints."""
-    if getattr(args, "workload", "fashion") != "fashion":
+    _defaults(args)
+    if args.workload != "fashion":
         from ccied_p2p.bench import camera_cache
 
-        if args.requests == 5000:  # the 28x28 default; camera frames cost ~0.1 s each
-            args.requests = 1500
-        if args.amount is None:  # the project sends the unpruned Lite0 split (4-bit values)
-            args.amount = 0.0
         return camera_cache.run(args)
-    if args.amount is None:
-        args.amount = 0.75
-    if args.budget is None:
-        args.budget = 0.01
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     with threadpool_limits(limits=1):  # one thread: numpy's BLAS as well as torch
