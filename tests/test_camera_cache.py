@@ -58,3 +58,25 @@ def test_camera_workloads_default_to_the_unpruned_split() -> None:
     fashion = parse(["bench", "cache"])
     _defaults(fashion)
     assert (fashion.amount, fashion.requests, fashion.budget) == (0.75, 5000, 0.01)
+
+
+def test_part_of_splits_a_stream_by_photo_parity_in_order() -> None:
+    import numpy as np
+
+    from ccied_p2p.bench.camera_cache import part_of
+
+    idx = np.array([0, 0, 1, 2, 3, 3, 4])
+    stream = (
+        {"key": np.arange(14, dtype=np.float32).reshape(7, 2)},
+        np.arange(7, dtype=np.int64) + 10,
+        np.linspace(0, 1, 7).astype(np.float32),
+        np.arange(7, dtype=np.int64),
+        idx,
+    )
+    even, odd = part_of(stream, 0), part_of(stream, 1)
+    assert even[4].tolist() == [0, 0, 2, 4]
+    assert odd[4].tolist() == [1, 3, 3]
+    assert even[1].tolist() == [10, 11, 13, 16]
+    assert odd[3].tolist() == [2, 4, 5]
+    assert even[0]["key"][:, 0].tolist() == [0, 2, 6, 12]
+    assert len(even[2]) + len(odd[2]) == 7

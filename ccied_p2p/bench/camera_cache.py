@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ccied_p2p.bench.cache_eval import Stream, _evaluate
 from ccied_p2p.cache import GridPool, SemanticCache
 
-__all__ = ["WORKLOADS", "clopper_pearson_upper", "render", "run"]
+__all__ = ["WORKLOADS", "clopper_pearson_upper", "part_of", "render", "run", "wire_values"]
 
 WORKLOADS = ("photo-camera", "video")
 _REDUCER = "key"
@@ -97,6 +97,13 @@ class _Lite:
         )
 
 
+def part_of(stream: Stream, parity: int) -> Stream:
+    """The frames of ``stream`` whose photo index (the stream's last field) has this parity, in order."""
+    feats, labels, confs, truth, idx = stream
+    keep = idx % 2 == parity
+    return {k: v[keep] for k, v in feats.items()}, labels[keep], confs[keep], truth[keep], idx[keep]
+
+
 def _photo_streams(model: _Lite, args: argparse.Namespace) -> tuple[list[Stream], dict[str, Stream], str]:
     from ccied_p2p.video import photo_camera, photo_control, photo_split
 
@@ -145,6 +152,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = _Lite(pruned=args.amount > 0, grid=GRID, wire=args.amount <= 0)
         make = _photo_streams if args.workload == "photo-camera" else _video_streams
         cal_streams, measured, described = make(model, args)
+        holdout = None
+        if args.workload == "photo-camera":
+            # Chosen on half the calibration photos, tested on the other half (learn-then-test): what
+            # holds only on the photos it was chosen on does not pass.
+            selection = [part_of(s, 0) for s in cal_streams]
+            held = [part_of(s, 1) for s in cal_streams]
+            holdout = ([s[0][_REDUCER] for s in held], [s[1] for s in held], [s[2] for s in held])
+            cal_streams = selection
         cal = SemanticCache(b"bench").calibrate(
             [s[0][_REDUCER] for s in cal_streams],
             [s[1] for s in cal_streams],
@@ -154,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kv=KV,
             min_confidences=GATES,
             apply=False,
+            holdout=holdout,
         )
         fp = model.split.fingerprint
         streams = {name: _evaluate(cal, fp, s, _REDUCER) for name, s in measured.items()}
