@@ -24,3 +24,59 @@ def test_bench_cache_accepts_the_camera_workloads() -> None:
         args = build_parser().parse_args(["bench", "cache", "--workload", workload, "--json"])
         assert isinstance(args, argparse.Namespace)
         assert args.workload == workload
+
+
+def test_wire_values_match_the_dense_i4_codec() -> None:
+    import numpy as np
+    import torch
+
+    from ccied_p2p.bench.camera_cache import wire_values
+    from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
+    from ccied_p2p.lite import WIRE_ENCODING
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(0, 3, size=(1, 5, 4, 4)).astype(np.float32)
+    h[0, 2] = 0.0  # an all-zero channel stays zero
+    ours = wire_values(torch.from_numpy(h)).numpy()
+    theirs = decode_tensor(encode_tensor(h, WIRE_ENCODING))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert len(np.unique(ours[0, 0])) <= 15  # 4-bit values: at most 15 levels a channel
+    assert not np.allclose(ours, h)
+
+
+def test_camera_workloads_default_to_the_unpruned_split() -> None:
+    from ccied_p2p.bench.cache import _defaults
+    from ccied_p2p.cli import build_parser
+
+    parse = build_parser().parse_args
+    camera = parse(["bench", "cache", "--workload", "photo-camera"])
+    _defaults(camera)
+    assert (camera.amount, camera.requests, camera.budget) == (0.0, 1500, None)
+    pruned = parse(["bench", "cache", "--workload", "video", "--amount", "0.65"])
+    _defaults(pruned)
+    assert pruned.amount == 0.65
+    fashion = parse(["bench", "cache"])
+    _defaults(fashion)
+    assert (fashion.amount, fashion.requests, fashion.budget) == (0.75, 5000, 0.01)
+
+
+def test_part_of_splits_a_stream_by_photo_parity_in_order() -> None:
+    import numpy as np
+
+    from ccied_p2p.bench.camera_cache import part_of
+
+    idx = np.array([0, 0, 1, 2, 3, 3, 4])
+    stream = (
+        {"key": np.arange(14, dtype=np.float32).reshape(7, 2)},
+        np.arange(7, dtype=np.int64) + 10,
+        np.linspace(0, 1, 7).astype(np.float32),
+        np.arange(7, dtype=np.int64),
+        idx,
+    )
+    even, odd = part_of(stream, 0), part_of(stream, 1)
+    assert even[4].tolist() == [0, 0, 2, 4]
+    assert odd[4].tolist() == [1, 3, 3]
+    assert even[1].tolist() == [10, 11, 13, 16]
+    assert odd[3].tolist() == [2, 4, 5]
+    assert even[0]["key"][:, 0].tolist() == [0, 2, 6, 12]
+    assert len(even[2]) + len(odd[2]) == 7
