@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ccied_p2p import models
-from ccied_p2p.cache import Calibration, FeatureReducer, GlobalAvgPool, GridPool, SemanticCache
+from ccied_p2p.cache import Calibration, SemanticCache, reducer_for
 from ccied_p2p.datasets import Dataset
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.runtime.config import CacheConfig
@@ -26,32 +26,6 @@ __all__ = [
 ]
 
 CALIBRATION_SEED = 10_000  # streams used to calibrate never share a seed with streams used to measure
-
-
-def reducer_for(
-    activation_shape: tuple[int, ...], channel_mask: torch.Tensor | None = None, max_dims: int = 256
-) -> FeatureReducer:
-    """Average pooling over the finest grid (1, 2 or 4 cells a side) that keeps the key at most ``max_dims``.
-
-    Global average pooling of a narrow split (LeNet's 6 channels) leaves too few dimensions to tell inputs
-    apart; measured on MNIST-5k with calibration at 1% false hits, a 2x2 grid raised the held-out hit rate
-    from 1% to 64% and 4x4 to 76% (99% agreement). A 64-channel VGG split gets 2x2; on the 75%-pruned VGG
-    split ``bench cache`` measured a 0.650 hit rate with it against 0.444 for global pooling (both at 99.4%+
-    agreement). The grid depends on the activation's shape only. Pruned channels are always zero, so only
-    the live ones (``channel_mask``) enter the key: a shorter key, the same cosine distances, and so the same
-    calibrated threshold with or without the mask.
-    """
-    if len(activation_shape) != 3:
-        return GlobalAvgPool()
-    c, h, w = activation_shape
-    live: list[int] | None = None
-    if channel_mask is not None and len(channel_mask) == c and not bool(channel_mask.all()):
-        live = [int(i) for i in torch.nonzero(channel_mask).flatten()]
-    grid = 1
-    for g in (2, 4):
-        if c * g * g <= max_dims and g <= min(h, w):
-            grid = g
-    return GlobalAvgPool(channels=live) if grid == 1 else GridPool(grid, channels=live)
 
 
 @dataclass(frozen=True)

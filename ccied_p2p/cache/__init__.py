@@ -39,7 +39,7 @@ from ccied_p2p.cache.entries import entry_size
 from ccied_p2p.cache.eviction import EvictionPolicy, LFUPolicy, LRUPolicy, SLRUPolicy, make_policy
 from ccied_p2p.cache.indexes import AutoIndex, BruteForceIndex, USearchIndex, VectorIndex, make_index
 from ccied_p2p.cache.persistence import FORMAT_VERSION
-from ccied_p2p.cache.reducers import FeatureReducer, GlobalAvgPool, GridPool, make_reducer
+from ccied_p2p.cache.reducers import FeatureReducer, GlobalAvgPool, GridPool, make_reducer, reducer_for
 from ccied_p2p.cache.results import (
     CacheStats,
     Calibration,
@@ -76,5 +76,6 @@ __all__ = [
     "make_index",
     "make_policy",
     "make_reducer",
+    "reducer_for",
     "serve_stream",
 ]

@@ -110,3 +110,30 @@ def make_reducer(config: Mapping[str, Any] | str) -> FeatureReducer:
     except TypeError as exc:
         raise ConfigError(f"bad reducer config {config!r}: {exc}") from exc
     raise ConfigError(f"unknown reducer {name!r}")
+
+
+def reducer_for(
+    activation_shape: Sequence[int], channel_mask: Any = None, max_dims: int = 256
+) -> FeatureReducer:
+    """Average pooling over the finest grid (1, 2 or 4 cells a side) that keeps the key at most ``max_dims``.
+
+    Global average pooling of a narrow split (LeNet's 6 channels) leaves too few dimensions to tell inputs
+    apart; measured on MNIST-5k with calibration at 1% false hits, a 2x2 grid raised the held-out hit rate
+    from 1% to 64% and 4x4 to 76% (99% agreement). A 64-channel VGG split gets 2x2; on the 75%-pruned VGG
+    split ``bench cache`` measured a 0.650 hit rate with it against 0.444 for global pooling (both at 99.4%+
+    agreement). The grid depends on the activation's shape only. Pruned channels are always zero, so only
+    the live ones (``channel_mask``, any boolean array-like of C values, e.g. a split's mask tensor) enter the
+    key: a shorter key, the same cosine distances, and so the same calibrated threshold with or without it.
+    """
+    if len(activation_shape) != 3:
+        return GlobalAvgPool()
+    c, h, w = (int(d) for d in activation_shape)
+    live: list[int] | None = None
+    mask = None if channel_mask is None else np.asarray(channel_mask, dtype=bool).reshape(-1)
+    if mask is not None and len(mask) == c and not bool(mask.all()):
+        live = [int(i) for i in np.flatnonzero(mask)]
+    grid = 1
+    for g in (2, 4):
+        if c * g * g <= max_dims and g <= min(h, w):
+            grid = g
+    return GlobalAvgPool(channels=live) if grid == 1 else GridPool(grid, channels=live)

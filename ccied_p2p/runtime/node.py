@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from aiohttp import web
 
-from ccied_p2p.cache import SemanticCache
+from ccied_p2p.cache import SemanticCache, reducer_for
 from ccied_p2p.codec.messages import (
     Ack,
     CacheEntries,
@@ -48,7 +48,6 @@ from ccied_p2p.errors import CCIEDError, ConfigError
 from ccied_p2p.gossip.membership import Membership
 from ccied_p2p.inputs import InputSpec
 from ccied_p2p.logs import RateLimitedLog, bind_node
-from ccied_p2p.presets import reducer_for
 from ccied_p2p.runtime.compute import Compute
 from ccied_p2p.runtime.config import NodeConfig
 from ccied_p2p.runtime.guard import (
