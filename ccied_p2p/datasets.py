@@ -214,21 +214,8 @@ def _label_array(labels: npt.ArrayLike | None, what: str) -> I64Array:
     return arr.astype(np.int64)
 
 
-def from_arrays(
-    name: str,
-    test_images: npt.ArrayLike,
-    test_labels: npt.ArrayLike,
-    train_images: npt.ArrayLike | None = None,
-    train_labels: npt.ArrayLike | None = None,
-    classes: Sequence[str] | None = None,
-    *,
-    mean: float | None = None,
-    std: float | None = None,
-) -> Dataset:
-    """:meth:`Dataset.from_arrays`: a data set from your own arrays and normalisation."""
-    return Dataset.from_arrays(
-        name, test_images, test_labels, train_images, train_labels, classes, mean=mean, std=std
-    )
+from_arrays = Dataset.from_arrays
+""":meth:`Dataset.from_arrays`: a data set from your own arrays and normalisation (the same function)."""
 
 
 def read_idx(path: Path) -> npt.NDArray[np.generic]:

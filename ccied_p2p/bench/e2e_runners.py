@@ -8,6 +8,7 @@ import contextlib
 import logging
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ccied_p2p.bench.e2e_parts import (
@@ -150,28 +151,49 @@ async def _run_nodes(
                 await asyncio.sleep(0.05)
         asker.config.cache.enabled = cache_on
         merged0 = asker.cache.stats().merged if cache_on else 0
-        bytes0 = _relay_bytes(cluster)
-        cpu0 = await _compute_cpu(asker)
-        proc0 = time.process_time()
-        start = time.perf_counter()
-        on_loop = 0.0
-        for i in range(len(stream.x)):
-            try:
-                r = await asker.infer(stream.x[i])
-            except Exception as exc:  # a failed request is counted, not fatal to the bench
-                rec.failed += 1
-                log.warning("%s request %d failed: %s", config, i, exc)
-                tick()
-                continue
-            on_loop += r.timings.get("lookup", 0.0) + r.timings.get("encode", 0.0)
-            rec.samples.append(Sample(i, r.label, r.source, r.latency, dict(r.timings), r.bytes_sent))
-            tick()
-        rec.wall_s = time.perf_counter() - start
-        rec.process_cpu_s = time.process_time() - proc0
-        rec.asker_cpu_s = (await _compute_cpu(asker)) - cpu0 + on_loop
-        rec.link_bytes = _relay_bytes(cluster) - bytes0
+        await _measure(cluster, asker, rec, config, len(stream.x), lambda i: asker.infer(stream.x[i]), tick)
         rec.merged = (asker.cache.stats().merged - merged0) if cache_on else 0
     return rec
+
+
+async def _measure(
+    cluster: Any,
+    asker: Any,
+    rec: RunRecord,
+    what: str,
+    n: int,
+    ask: Callable[[int], Awaitable[Any]],
+    tick: Any,
+    expect: str | None = None,
+) -> None:
+    """Run requests ``ask(0) .. ask(n - 1)`` in order into ``rec``: a sample each, the wall and CPU time, the bytes
+    the link carried. A request that fails, or that ``expect``'s strategy did not answer, counts as failed."""
+    bytes0 = _relay_bytes(cluster)
+    cpu0 = await _compute_cpu(asker)
+    proc0 = time.process_time()
+    start = time.perf_counter()
+    on_loop = 0.0
+    for i in range(n):
+        try:
+            r = await ask(i)
+        except Exception as exc:  # a failed request is counted, not fatal to the bench
+            rec.failed += 1
+            log.warning("%s request %d failed: %s", what, i, exc)
+            tick()
+            continue
+        if expect is not None and r.strategy != expect:
+            rec.failed += 1  # answered, but by the asker's own fallback: not what this row measures
+            log.warning("%s request %d answered by %s", what, i, r.strategy)
+        timings = dict(r.timings)
+        if "jpeg" in timings:  # an offload's JPEG encode is its encode stage, beside the message framing
+            timings["encode"] = timings.get("encode", 0.0) + timings.pop("jpeg")
+        on_loop += timings.get("lookup", 0.0) + timings.get("encode", 0.0)
+        rec.samples.append(Sample(i, r.label, r.source, r.latency, timings, r.bytes_sent))
+        tick()
+    rec.wall_s = time.perf_counter() - start
+    rec.process_cpu_s = time.process_time() - proc0
+    rec.asker_cpu_s = (await _compute_cpu(asker)) - cpu0 + on_loop
+    rec.link_bytes = _relay_bytes(cluster) - bytes0
 
 
 async def _run_input_offload(
@@ -212,30 +234,15 @@ async def _run_input_offload(
             if good >= 3:
                 break
             await asyncio.sleep(0.05)
-        bytes0 = _relay_bytes(cluster)
-        cpu0 = await _compute_cpu(asker)
-        proc0 = time.process_time()
-        start = time.perf_counter()
-        on_loop = 0.0
-        for i, frame in enumerate(stream.frames[: len(stream.x)]):
-            try:
-                r = await asker.infer_frame(frame, only=Strategy.OFFLOAD)
-            except Exception as exc:  # a failed request is counted, not fatal to the bench
-                rec.failed += 1
-                log.warning("offload request %d failed: %s", i, exc)
-                tick()
-                continue
-            if r.strategy != "offload":
-                rec.failed += 1  # answered, but by the asker's own fallback: not what this row measures
-                log.warning("offload request %d answered by %s", i, r.strategy)
-            timings = dict(r.timings)
-            # The JPEG encode is this strategy's encode stage (the message framing around it is in "encode" too).
-            timings["encode"] = timings.get("encode", 0.0) + timings.pop("jpeg", 0.0)
-            on_loop += timings["encode"]
-            rec.samples.append(Sample(i, r.label, r.source, r.latency, timings, r.bytes_sent))
-            tick()
-        rec.wall_s = time.perf_counter() - start
-        rec.process_cpu_s = time.process_time() - proc0
-        rec.asker_cpu_s = (await _compute_cpu(asker)) - cpu0 + on_loop
-        rec.link_bytes = _relay_bytes(cluster) - bytes0
+        frames = stream.frames
+        await _measure(
+            cluster,
+            asker,
+            rec,
+            "offload",
+            len(stream.x),
+            lambda i: asker.infer_frame(frames[i], only=Strategy.OFFLOAD),
+            tick,
+            expect="offload",
+        )
     return rec
