@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 
 from ccied_p2p.bench.camera_cache import clopper_pearson_upper
@@ -80,3 +81,36 @@ def test_part_of_splits_a_stream_by_photo_parity_in_order() -> None:
     assert odd[3].tolist() == [2, 4, 5]
     assert even[0]["key"][:, 0].tolist() == [0, 2, 6, 12]
     assert len(even[2]) + len(odd[2]) == 7
+
+
+def test_a_node_gets_the_key_the_camera_bench_calibrates() -> None:
+    from ccied_p2p.cache import GridPool, reducer_for
+
+    # Lite0's split after _blocks.5 (80x14x14): the 2x2 grid, 320 values, for the node and the bench alike.
+    key = reducer_for((80, 14, 14))
+    assert isinstance(key, GridPool)
+    assert key.grid == 2
+    assert key(np.ones((1, 80, 14, 14), dtype=np.float32)).shape == (1, 320)
+
+
+@pytest.mark.slow
+def test_calibrate_camera_is_the_bench_calibration_in_one_call() -> None:
+    from ccied_p2p.bench.camera_cache import KV, calibrate_camera, camera_key
+    from ccied_p2p.errors import DataUnavailableError
+    from ccied_p2p.lite import lite0_split
+    from ccied_p2p.presets import CacheSettings
+
+    try:
+        split = lite0_split(prune=False)
+        cam = calibrate_camera(split, 6, seeds=(100, 101))
+    except DataUnavailableError as exc:
+        pytest.skip(str(exc))
+    assert cam.reducer.config() == camera_key(split).config()
+    assert cam.reference == "the tail on 4-bit wire values (dense-i4)"
+    assert "2 photo-camera streams of 6 frames over the calibration photos" in cam.data
+    c = cam.calibration
+    assert c.held_out  # chosen on the even calibration photos, tested on the odd ones
+    assert c.in_sample_requests + c.requests == 12
+    assert c.threshold < 0  # a dozen frames certify nothing: the cache never answers
+    assert cam.settings == CacheSettings(c.threshold, c.k, c.votes, c.min_confidence)
+    assert (c.k, c.votes) in KV or c.threshold < 0

@@ -2,7 +2,7 @@
 
 The unpruned EfficientNet-Lite0 split (:func:`ccied_p2p.lite.lite0_split`), its tail fed the 4-bit values the
 project sends (:data:`ccied_p2p.lite.WIRE_ENCODING`); ``--amount`` above 0 takes the pruned, distilled split
-(float tail). The cache key is the split activation pooled over a :data:`GRID` x :data:`GRID` grid; calibration
+(float tail). The cache key is :func:`camera_key`, the key a node uses for the split; calibration
 tries the insert gates :data:`GATES` and the (k, votes) pairs :data:`KV` at :data:`CAMERA_BUDGET`.
 ``photo-camera`` calibrates on :data:`CALIBRATION_STREAMS` camera streams over the calibration photos and is
 measured on :data:`EVALUATION_STREAMS` camera streams (pooled in the headline) and on the no-repeat control over
@@ -15,21 +15,32 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ccied_p2p.bench.cache_eval import Stream, _evaluate
-from ccied_p2p.cache import GridPool, SemanticCache
+from ccied_p2p.cache import Calibration, FeatureReducer, SemanticCache, reducer_for
 
-__all__ = ["WORKLOADS", "clopper_pearson_upper", "part_of", "render", "run", "wire_values"]
+if TYPE_CHECKING:
+    from ccied_p2p.presets import CacheSettings
+    from ccied_p2p.split import SplitModel
+
+__all__ = [
+    "WORKLOADS",
+    "CameraCalibration",
+    "calibrate_camera",
+    "clopper_pearson_upper",
+    "part_of",
+    "render",
+    "run",
+    "wire_values",
+]
 
 WORKLOADS = ("photo-camera", "video")
 _REDUCER = "key"
-GRID = 2
-"""The key: the split activation pooled over a GRID x GRID grid."""
 CAMERA_BUDGET = 0.01
 """Calibrate at this false-hit budget (95% bound): the target itself (0.005 measured as a margin: see README)."""
 GATES = (0.9, 0.95, 0.97)
@@ -40,6 +51,8 @@ from 0.7 calibration chose 0.7 and served 3.9% false hits on the evaluation phot
 KV = ((1, 1), (3, 2), (5, 3), (5, 5))
 """(k, votes) pairs calibration tries."""
 CALIBRATION_STREAMS = 3
+CALIBRATION_SEEDS = tuple(100 + s for s in range(CALIBRATION_STREAMS))
+"""Seeds of the calibration camera streams (over the calibration photos; evaluation streams use 0, 1, ...)."""
 EVALUATION_STREAMS = 2
 
 
@@ -63,17 +76,15 @@ def wire_values(h: Any) -> Any:
 
 
 class _Lite:
-    def __init__(self, pruned: bool, grid: int, wire: bool) -> None:
-        import torch
+    """The split over uint8 frames: its cache key, the reference label and that label's confidence."""
 
-        from ccied_p2p.lite import lite0_split
+    def __init__(self, split: SplitModel, wire: bool) -> None:
+        import torch
 
         torch.set_num_threads(1)
         self.torch = torch
-        self.split = lite0_split(prune=pruned)
-        mask = self.split.channel_mask
-        live = None if mask is None else [int(c) for c in np.flatnonzero(mask.numpy())]
-        self.reducer = GridPool(grid, channels=live)
+        self.split = split
+        self.reducer = camera_key(split)
         self.wire = wire
         self.seconds = 0.0
 
@@ -100,6 +111,11 @@ class _Lite:
         )
 
 
+def camera_key(split: SplitModel) -> FeatureReducer:
+    """The cache key calibrated here: :func:`ccied_p2p.cache.reducer_for` of the split, what a node uses."""
+    return reducer_for(split.activation_shape, split.channel_mask)
+
+
 def part_of(stream: Stream, parity: int) -> Stream:
     """The frames of ``stream`` whose photo index (the stream's last field) has this parity, in order."""
     feats, labels, confs, truth, idx = stream
@@ -107,73 +123,157 @@ def part_of(stream: Stream, parity: int) -> Stream:
     return {k: v[keep] for k, v in feats.items()}, labels[keep], confs[keep], truth[keep], idx[keep]
 
 
-def _photo_streams(model: _Lite, args: argparse.Namespace) -> tuple[list[Stream], dict[str, Stream], str]:
-    from ccied_p2p.video import photo_camera, photo_control, photo_split
+def _photo_frames(model: _Lite, photos: Any, n: int, seed: int, control: bool = False) -> Stream:
+    from ccied_p2p.video import photo_camera, photo_control
 
-    calibration, evaluation = photo_split()
+    frames = list((photo_control if control else photo_camera)(photos, n, seed=seed))
+    images = np.stack([f.image for f in frames])
+    return model.stream(images, np.array([f.label for f in frames]), [f.photo for f in frames])
 
-    def of(frames: list[Any]) -> Stream:
-        images = np.stack([f.image for f in frames])
-        return model.stream(images, np.array([f.label for f in frames]), [f.photo for f in frames])
 
+def _calibrate_photos(
+    model: _Lite, requests: int, budget: float, bound: float, seeds: tuple[int, ...]
+) -> tuple[Calibration, str]:
+    """Choose on the even calibration photos of camera streams over the calibration photos, test
+    (learn-then-test) on the odd ones: what holds only on the photos it was chosen on does not pass."""
+    from ccied_p2p.video import photo_split
+
+    calibration, _ = photo_split()
     # A 1% bound needs hundreds of hits: with none false, 299 bring the 95% upper bound under 1%.
+    streams = [_photo_frames(model, calibration, requests, seed) for seed in seeds]
+    selection = [p for p in (part_of(s, 0) for s in streams) if len(p[1])]
+    held = [p for p in (part_of(s, 1) for s in streams) if len(p[1])]
+    names = ", ".join(p.name for p in calibration)
+    described = (
+        f"{len(seeds)} photo-camera streams of {requests} frames over the calibration photos ({names})"
+    )
+    if not selection or not held:  # streams too short to show both halves of the photos: nothing certified
+        m, n = (sum(len(p[1]) for p in part) for part in (held, selection))
+        never = Calibration(
+            -1.0, 1, 1, 0.0, m, 0, 0, 0.0, 0.0, 0.0, budget, bound, 0, held_out=True, in_sample_requests=n
+        )
+        return never, described
+    cal = SemanticCache(b"bench").calibrate(
+        [s[0][_REDUCER] for s in selection],
+        [s[1] for s in selection],
+        budget,
+        confidences=[s[2] for s in selection],
+        confidence=bound,
+        kv=KV,
+        min_confidences=GATES,
+        apply=False,
+        holdout=([s[0][_REDUCER] for s in held], [s[1] for s in held], [s[2] for s in held]),
+    )
+    return cal, described
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    """What :func:`calibrate_camera` chose: the answer rule, the key it holds for, and what it measured."""
+
+    calibration: Calibration
+    reducer: FeatureReducer
+    data: str
+    reference: str
+
+    @property
+    def settings(self) -> CacheSettings:
+        """The answer rule: ``NodeConfig(cache=settings.config())``, or ``as_args()`` for ``ccied-p2p serve``."""
+        from ccied_p2p.presets import CacheSettings
+
+        c = self.calibration
+        return CacheSettings(c.threshold, c.k, c.votes, c.min_confidence)
+
+
+def calibrate_camera(
+    split: SplitModel,
+    requests: int = 1500,
+    *,
+    wire: bool = True,
+    budget: float = CAMERA_BUDGET,
+    bound: float = 0.95,
+    seeds: tuple[int, ...] = CALIBRATION_SEEDS,
+) -> CameraCalibration:
+    """The camera cache's calibration for ``split`` (a Lite0 split), as ``bench cache --workload photo-camera``
+    runs it: ``len(seeds)`` photo-camera streams of ``requests`` frames over the calibration photos; the key
+    :func:`camera_key`; the reference the tail's answer on the 4-bit values the split sends (``wire``; False:
+    on float values); insert gates :data:`GATES` and (k, votes) :data:`KV` at ``budget`` for the one-sided
+    ``bound`` Clopper-Pearson bound, chosen on the even photos and tested on the odd ones. Takes about 0.1 s
+    a frame on one thread; a small ``requests`` is fast but certifies nothing (``threshold < 0``: the cache
+    never answers)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
+
+    with threadpool_limits(limits=1):
+        model = _Lite(split, wire)
+        cal, described = _calibrate_photos(model, requests, budget, bound, seeds)
+    return CameraCalibration(cal, model.reducer, described, _reference(model))
+
+
+def _describe(reducer: FeatureReducer) -> str:
+    cfg = reducer.config()
+    grid = cfg.get("grid", 1)
+    channels = cfg.get("channels")
+    return f"grid{grid} over {len(channels) if channels else 'all'} channels"
+
+
+def _reference(model: _Lite) -> str:
+    return "the tail on 4-bit wire values (dense-i4)" if model.wire else "the tail on float values"
+
+
+def _photo_streams(
+    model: _Lite, args: argparse.Namespace, budget: float
+) -> tuple[Calibration, dict[str, Stream], str]:
+    from ccied_p2p.video import photo_split
+
+    cal, described = _calibrate_photos(model, args.requests, budget, args.bound, CALIBRATION_SEEDS)
+    _, evaluation = photo_split()
     n = args.requests
-    cal = [of(list(photo_camera(calibration, n, seed=100 + s))) for s in range(CALIBRATION_STREAMS)]
     measured = {
-        ("camera" if s == 0 else f"camera-{args.seed + s}"): of(
-            list(photo_camera(evaluation, n, seed=args.seed + s))
+        ("camera" if s == 0 else f"camera-{args.seed + s}"): _photo_frames(
+            model, evaluation, n, args.seed + s
         )
         for s in range(EVALUATION_STREAMS)
     }
-    measured["control"] = of(list(photo_control(evaluation, min(n, 500), seed=args.seed)))
-    names = ", ".join(p.name for p in calibration)
-    described = (
-        f"{CALIBRATION_STREAMS} photo-camera streams of {n} frames over the calibration photos ({names})"
-    )
+    measured["control"] = _photo_frames(model, evaluation, min(n, 500), args.seed, control=True)
     return cal, measured, described
 
 
-def _video_streams(model: _Lite, args: argparse.Namespace) -> tuple[list[Stream], dict[str, Stream], str]:
+def _video_streams(
+    model: _Lite, args: argparse.Namespace, budget: float
+) -> tuple[Calibration, dict[str, Stream], str]:
     from ccied_p2p.video import EVAL_CLIPS, TRAIN_CLIPS, read_clip
 
     def of(name: str) -> Stream:
         frames = read_clip(name)
         return model.stream(frames, np.full(len(frames), -1), np.arange(len(frames)))
 
-    cal = [of(name) for name in TRAIN_CLIPS]
+    cal_streams = [of(name) for name in TRAIN_CLIPS]
+    cal = SemanticCache(b"bench").calibrate(
+        [s[0][_REDUCER] for s in cal_streams],
+        [s[1] for s in cal_streams],
+        budget,
+        confidences=[s[2] for s in cal_streams],
+        confidence=args.bound,
+        kv=KV,
+        min_confidences=GATES,
+        apply=False,
+    )
     measured = {name: of(name) for name in EVAL_CLIPS}
     return cal, measured, f"the train clips {', '.join(TRAIN_CLIPS)}, each in order"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Calibrate on the calibration data, serve the evaluation data; what ``--json`` prints."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
+
+    from ccied_p2p.lite import lite0_split
 
     started = time.perf_counter()
     budget = CAMERA_BUDGET if getattr(args, "budget", None) is None else args.budget
     with threadpool_limits(limits=1):
-        model = _Lite(pruned=args.amount > 0, grid=GRID, wire=args.amount <= 0)
+        model = _Lite(lite0_split(prune=args.amount > 0), wire=args.amount <= 0)
         make = _photo_streams if args.workload == "photo-camera" else _video_streams
-        cal_streams, measured, described = make(model, args)
-        holdout = None
-        if args.workload == "photo-camera":
-            # Chosen on half the calibration photos, tested on the other half (learn-then-test): what
-            # holds only on the photos it was chosen on does not pass.
-            selection = [part_of(s, 0) for s in cal_streams]
-            held = [part_of(s, 1) for s in cal_streams]
-            holdout = ([s[0][_REDUCER] for s in held], [s[1] for s in held], [s[2] for s in held])
-            cal_streams = selection
-        cal = SemanticCache(b"bench").calibrate(
-            [s[0][_REDUCER] for s in cal_streams],
-            [s[1] for s in cal_streams],
-            budget,
-            confidences=[s[2] for s in cal_streams],
-            confidence=args.bound,
-            kv=KV,
-            min_confidences=GATES,
-            apply=False,
-            holdout=holdout,
-        )
+        cal, measured, described = make(model, args, budget)
         fp = model.split.fingerprint
         streams = {name: _evaluate(cal, fp, s, _REDUCER) for name, s in measured.items()}
     for q in streams.values():
@@ -189,9 +289,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": "efficientnet-lite0",
         "split": model.split.split_at,
         "pruned": model.split.channel_mask is not None,
-        "reference": "the tail on 4-bit wire values (dense-i4)" if model.wire else "the tail on float values",
+        "reference": _reference(model),
         "fingerprint": fp,
-        "reducer": f"grid{GRID} over {len(model.reducer.channels) if model.reducer.channels else 'all'} channels",
+        "reducer": _describe(model.reducer),
         "calibration": {"data": described, "kv": [list(p) for p in KV], "gates": list(GATES), **asdict(cal)},
         "requests": requests,
         "hits": hits,

@@ -35,6 +35,7 @@ import secrets
 import socket
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,35 +96,17 @@ def _streams(names: list[str], n: int) -> dict[str, tuple[np.ndarray, np.ndarray
     return out
 
 
-def _calibrate(split: Any, n: int) -> dict[str, Any]:
-    """Cache settings for 1% false hits (95% bound) on three photo-camera streams over the calibration photos
-    (never evaluated); the key is the activation pooled over a 2x2 grid, as ``bench cache`` measures it."""
-    import torch
+def _calibrate(split: Any, requests: int, encoding: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The camera cache's calibration (:func:`ccied_p2p.bench.camera_cache.calibrate_camera`: photo-camera streams
+    of ``requests`` frames over the calibration photos, never evaluated; chosen on half the photos, tested on the
+    other half) for the split sent in ``encoding``: the answer rule with its key's reducer config (``"key"``),
+    and what calibration measured."""
+    from ccied_p2p.bench.camera_cache import calibrate_camera
+    from ccied_p2p.lite import WIRE_ENCODING
 
-    from ccied_p2p.cache import GridPool, SemanticCache
-    from ccied_p2p.inputs import LITE_SPEC
-    from ccied_p2p.video import photo_camera, photo_split
-
-    calibration, _ = photo_split()
-    acts, labels, confs = [], [], []
-    for seed in (1, 2, 3):
-        frames = [f.image for f in photo_camera(calibration, max(1, n // 3), seed=seed)]
-        x = torch.from_numpy(np.concatenate([LITE_SPEC.preprocess(f) for f in frames]))
-        with torch.inference_mode():
-            h = torch.cat([split.head(x[i : i + 16]) for i in range(0, len(x), 16)])
-            probs = torch.softmax(torch.cat([split.tail(h[i : i + 16]) for i in range(0, len(h), 16)]), 1)
-        conf, lab = probs.max(1)
-        acts.append(h.numpy())
-        labels.append(lab.numpy())
-        confs.append(conf.numpy())
-    cache = SemanticCache(b"calibration", reducer=GridPool(2))
-    cache.calibrate(acts, labels, max_false_hit_rate=0.01, confidences=confs)
-    return {
-        "threshold": cache.threshold,
-        "k": cache.k,
-        "votes": cache.votes,
-        "min_confidence": cache.min_confidence,
-    }
+    cam = calibrate_camera(split, requests, wire=encoding == WIRE_ENCODING)
+    cache = {**asdict(cam.settings), "key": cam.reducer.config()}
+    return cache, {"data": cam.data, "reference": cam.reference, **asdict(cam.calibration)}
 
 
 def _split() -> Any:
@@ -144,7 +127,7 @@ def _free_port(host: str) -> int:
 async def _worker_main(spec: dict[str, Any]) -> None:
     import torch
 
-    from ccied_p2p.cache import GridPool, SemanticCache
+    from ccied_p2p.cache import SemanticCache, make_reducer
     from ccied_p2p.inputs import LITE_SPEC
     from ccied_p2p.presets import CacheSettings
     from ccied_p2p.runtime.config import (
@@ -160,6 +143,7 @@ async def _worker_main(spec: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     split = _split()
     streams = {name: np.load(path) for name, path in spec["streams"].items()}
+    rule = {k: v for k, v in spec["cache"].items() if k != "key"}
     print("LOADED", flush=True)
     sys.stdin.readline()  # the parent applied the quota
 
@@ -178,7 +162,7 @@ async def _worker_main(spec: dict[str, Any]) -> None:
                 mdns=False,
                 request_timeout=30.0,
             ),
-            cache=CacheSettings(**spec["cache"]).config(CacheConfig(share=False)),
+            cache=CacheSettings(**rule).config(CacheConfig(share=False)),
             # A device asks; it serves nobody (the other device in this process among them).
             serving=ServingConfig(serve=False),
             strategy=StrategyConfig(
@@ -186,11 +170,14 @@ async def _worker_main(spec: dict[str, Any]) -> None:
             ),
         )
 
+    def key() -> Any:  # the key the rule was calibrated on
+        return make_reducer(spec["cache"]["key"])
+
     out: dict[str, Any] = {}
     # Two devices in this one quota'd process, taking turns: "free" (frames may leave) and "stay".
     async with (
-        Node(split, config(spec["devices"][0], False), SemanticCache(b"free", reducer=GridPool(2))) as free,
-        Node(split, config(spec["devices"][1], True), SemanticCache(b"stay", reducer=GridPool(2))) as stay,
+        Node(split, config(spec["devices"][0], False), SemanticCache(b"free", reducer=key())) as free,
+        Node(split, config(spec["devices"][1], True), SemanticCache(b"stay", reducer=key())) as stay,
     ):
         for node in (free, stay):
             await node.wait_for_peers(2, timeout=60.0)
@@ -421,7 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     encoding = args.split_encoding or WIRE_ENCODING
     split = _split()
-    cache = _calibrate(split, 60 if args.quick else 1500)
+    # The bench's calibration data (3 streams of 1 500 frames); --quick: 3 of 20, which certify nothing.
+    cache, calibration = _calibrate(split, 20 if args.quick else 1500, encoding)
     streams = _streams(names, n)
     refs = {name: _reference(split, frames) for name, (frames, _) in streams.items()}
     regimes: list[dict[str, Any]] = []
@@ -450,6 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": f"EfficientNet-Lite0 224px split after {CUT}, unpruned (lite0_split), sent as {encoding}",
         "split_encoding": encoding,
         "cache": cache,
+        "calibration": calibration,
         "regimes": regimes,
     }
     if args.plots:
@@ -477,7 +466,7 @@ def camera_demo(quota: float | None, mbit: float = 10.0, frames: int = 24) -> di
     from ccied_p2p.lite import WIRE_ENCODING
 
     split = _split()
-    cache = _calibrate(split, 200)
+    cache, _ = _calibrate(split, 67, WIRE_ENCODING)
     stream, truth = _streams(["camera"], frames)["camera"]
     ref = _reference(split, stream)
     with tempfile.TemporaryDirectory(prefix="ccied-demo-") as tmp:

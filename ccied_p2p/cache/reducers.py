@@ -112,8 +112,14 @@ def make_reducer(config: Mapping[str, Any] | str) -> FeatureReducer:
     raise ConfigError(f"unknown reducer {name!r}")
 
 
+MAX_KEY_DIMS = 320
+"""The widest key :func:`reducer_for` picks: EfficientNet-Lite0's split after ``_blocks.5`` (80x14x14) gets its
+2x2 grid (320 values), the key ``bench cache --workload photo-camera`` calibrates; 256 gave it global pooling,
+which no camera calibration measured. Lookups cost about linearly in the width (``arrays`` has the figures)."""
+
+
 def reducer_for(
-    activation_shape: Sequence[int], channel_mask: Any = None, max_dims: int = 256
+    activation_shape: Sequence[int], channel_mask: Any = None, max_dims: int = MAX_KEY_DIMS
 ) -> FeatureReducer:
     """Average pooling over the finest grid (1, 2 or 4 cells a side) that keeps the key at most ``max_dims``.
 
