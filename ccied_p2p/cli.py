@@ -223,10 +223,19 @@ def _node_config(args: argparse.Namespace) -> Any:
             k=getattr(args, "k", None),
             votes=getattr(args, "votes", None),
             min_confidence=getattr(args, "min_confidence", None),
+            radius=getattr(args, "radius", None),
         ),
         serving=ServingConfig(max_batch=args.max_batch),
         strategy=StrategyConfig(local_tail_ms=args.local_tail_ms),
     )
+
+
+def _radius(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(",")
+    try:
+        return float(lo), float(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,FULL, got {text!r}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -449,6 +458,12 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="neighbours the cache looks at")
     p.add_argument("--votes", type=int, default=None, help="neighbours that must agree for a hit")
     p.add_argument("--min-confidence", type=float, default=None, help="least confidence of a vote")
+    p.add_argument(
+        "--radius",
+        type=_radius,
+        default=None,
+        help="LOW,FULL: an entry answers within the whole threshold from confidence FULL, less below it",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(

@@ -36,6 +36,7 @@ class CacheSettings:
     k: int
     votes: int
     min_confidence: float
+    radius: tuple[float, float] = (0.0, 0.0)
 
     def config(self, base: CacheConfig | None = None) -> CacheConfig:
         """``base`` (default: a default CacheConfig) with this answer rule: ``NodeConfig(cache=...)``."""
@@ -45,6 +46,7 @@ class CacheSettings:
             k=self.k,
             votes=self.votes,
             min_confidence=self.min_confidence,
+            radius=self.radius,
         )
 
     def apply(self, cache: SemanticCache) -> None:
@@ -55,6 +57,7 @@ class CacheSettings:
         return [
             "--threshold", repr(self.threshold), "--k", str(self.k), "--votes", str(self.votes),
             "--min-confidence", repr(self.min_confidence),
+            "--radius", f"{self.radius[0]!r},{self.radius[1]!r}",
         ]  # fmt: skip
 
 

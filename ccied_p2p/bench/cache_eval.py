@@ -34,9 +34,11 @@ def _configured(cal: Calibration, **kwargs: Any) -> SemanticCache:
     )
 
 
-def _evaluate(cal: Calibration, fingerprint: str, stream: Stream, reducer: str) -> dict[str, Any]:
+def _evaluate(
+    cal: Calibration, fingerprint: str, stream: Stream, reducer: str, **kwargs: Any
+) -> dict[str, Any]:
     feats, preds, confs, truth, idx = stream
-    cache = _configured(cal)
+    cache = _configured(cal, **kwargs)
     served, hit = serve_stream(cache, feats[reducer], preds, confs, fingerprint)
     hits = int(hit.sum())
     stats = cache.stats()

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from ccied_p2p.cache import calibration, persistence
 from ccied_p2p.cache.arrays import FloatArray, _unit
-from ccied_p2p.cache.calibration import _audit_due, _vote
+from ccied_p2p.cache.calibration import _audit_due, _check_radius, _vote, entry_radius
 from ccied_p2p.cache.entries import _Bucket, _Entry, _entry_hash, _OriginLog, entry_size
 from ccied_p2p.cache.eviction import EvictionPolicy, make_policy
 from ccied_p2p.cache.indexes import AutoIndex, IndexFactory, make_index
@@ -52,6 +52,7 @@ class SemanticCache:
         k: int = 5,
         votes: int = 3,
         min_confidence: float = 0.0,
+        radius: tuple[float, float] = (0.0, 0.0),
         audit_from: int = 8,
         reducer: FeatureReducer | None = None,
         index: str | IndexFactory = "auto",
@@ -68,6 +69,7 @@ class SemanticCache:
         self.k = k
         self.votes = votes
         self.min_confidence = min_confidence
+        self.radius = _check_radius(radius)
         if audit_from < 0:
             raise ConfigError(f"audit_from must be >= 0, got {audit_from}")
         self.audit_from = audit_from
@@ -195,9 +197,12 @@ class SemanticCache:
         nearest = float(dists[0])
         threshold = self.threshold
         entries = self._entries
-        close = [
-            (entries[key], d) for key, d in zip(keys.tolist(), dists.tolist(), strict=True) if d <= threshold
-        ]
+        near = [(entries[key], d) for key, d in zip(keys.tolist(), dists.tolist(), strict=True)]
+        if self.radius[1] > 0:
+            scale = entry_radius(np.array([e.confidence for e, _ in near]), self.radius)
+            close = [(e, d) for (e, d), s in zip(near, scale.tolist(), strict=True) if d <= threshold * s]
+        else:
+            close = [(e, d) for e, d in near if d <= threshold]
         label = _vote([e.label for e, _ in close], self.votes)
         if label < 0 or any(e.disputed for e, _ in close):
             return Miss(distance=nearest, votes=len(close))

@@ -105,7 +105,8 @@ class ConnectionLimits:
 class CacheConfig:
     """The node's semantic cache: the one way to configure it.
 
-    ``threshold``, ``k``, ``votes`` and ``min_confidence`` are the cache's answer rule (None: the cache's own
+    ``threshold``, ``k``, ``votes``, ``min_confidence`` and ``radius`` (the per-entry share of the threshold,
+    :func:`ccied_p2p.cache.entry_radius`) are the cache's answer rule (None: the cache's own
     default, or the setting of a cache handed to ``Node(..., cache=)``); calibration produces them
     (``presets.calibrate(split, data)[0].config()``). ``share``: replicate entries to and from peers.
     """
@@ -116,6 +117,7 @@ class CacheConfig:
     k: int | None = None
     votes: int | None = None
     min_confidence: float | None = None
+    radius: tuple[float, float] | None = None
     share: bool = True
 
     def validate(self) -> None:
@@ -129,6 +131,12 @@ class CacheConfig:
             raise ConfigError(f"cache.votes must be in 1..k ({self.k}), got {self.votes}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"cache.min_confidence must be in 0..1, got {self.min_confidence}")
+        if self.radius is not None:
+            lo, hi = self.radius
+            if not (lo == hi == 0.0 or 0.0 <= lo < hi <= 1.0):
+                raise ConfigError(
+                    f"cache.radius must be (0, 0) or (low, full) in 0..1, low < full, got {self.radius}"
+                )
 
     def tune(self, cache: SemanticCache) -> None:
         """Set the answer rule on ``cache``: every field that is not None (a ConfigError leaves it unchanged)."""
@@ -141,6 +149,9 @@ class CacheConfig:
             cache.threshold = self.threshold
         if self.min_confidence is not None:
             cache.min_confidence = self.min_confidence
+        if self.radius is not None:
+            self.validate()
+            cache.radius = (float(self.radius[0]), float(self.radius[1]))
 
 
 @dataclass
