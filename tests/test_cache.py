@@ -543,3 +543,27 @@ def test_clear_keeps_counters() -> None:
     assert c.summary().entries == 0
     c.insert(_vectors(1)[0], 1, 0.9, FP, 0.0)
     assert c.known()[b"n"] == 6
+
+
+def test_radius_shrinks_the_reach_of_unsure_entries() -> None:
+    from ccied_p2p.cache import entry_radius
+
+    v = _vectors(1)[0]
+    near = _unit(v + 0.1 * _unit(np.r_[1.0, np.zeros(15)]))
+    d = 1.0 - float(near @ v)
+    assert 0.0 < d < 0.01
+    sure = SemanticCache(b"n", threshold=0.01, k=1, votes=1, radius=(0.7, 0.97), index="numpy")
+    sure.insert(v, 3, 0.99, FP, 0.0)  # from 0.97: the whole threshold
+    assert isinstance(sure.lookup(near, FP, 1.0), Hit)
+    unsure = SemanticCache(b"n", threshold=0.01, k=1, votes=1, radius=(0.7, 0.97), index="numpy")
+    unsure.insert(v, 3, 0.72, FP, 0.0)  # (0.72 - 0.7) / 0.27 of it: under the distance
+    assert 0.01 * entry_radius(np.array([0.72]), (0.7, 0.97))[0] < d
+    assert isinstance(unsure.lookup(near, FP, 1.0), Miss)
+    assert isinstance(unsure.lookup(v, FP, 1.0), Hit)  # but it still answers its own input
+    np.testing.assert_allclose(
+        entry_radius(np.array([0.5, 0.8, 0.97, 1.0]), (0.7, 0.97)), [0.05, 0.1 / 0.27, 1, 1]
+    )
+    np.testing.assert_allclose(entry_radius(np.array([0.1, 0.9]), (0.0, 0.0)), [1, 1])  # the default
+    for bad in ((0.9, 0.8), (-0.1, 0.5), (0.5, 1.5), (0.0, -1.0)):
+        with pytest.raises(ConfigError):
+            SemanticCache(b"n", radius=bad)

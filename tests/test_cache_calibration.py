@@ -308,3 +308,15 @@ def test_serve_stream_follows_the_node_contract(world: World) -> None:
     assert len(a) == len(b)
     with pytest.raises(LocalError):
         serve_stream(a, x, pred[:-1], conf, FP)
+
+
+def test_replay_with_a_radius_is_exactly_what_the_cache_does(world: World) -> None:
+    x, pred, conf = world.stream(2000, seed=1)
+    cache = SemanticCache(b"n", index="numpy", radius=(0.5, 0.99))
+    cal = cache.calibrate(x, pred, 0.02, confidences=conf, min_confidences=[0.0, 0.9])
+    assert cal.hits > 0
+    assert serve(cache, x, pred, conf) == (cal.hits, cal.false_hits)
+    plain = SemanticCache(b"n", index="numpy").calibrate(
+        x, pred, 0.02, confidences=conf, min_confidences=[0.0, 0.9], apply=False
+    )
+    assert cal != plain  # the radius changed what the replay served

@@ -28,7 +28,16 @@ def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def _filled(n: int = 50, index: str = "auto", eviction: str = "slru", seed: int = 0) -> SemanticCache:
-    c = SemanticCache(b"n" * 16, capacity=40, threshold=1e-4, k=1, votes=1, index=index, eviction=eviction)
+    c = SemanticCache(
+        b"n" * 16,
+        capacity=40,
+        threshold=1e-4,
+        k=1,
+        votes=1,
+        radius=(0.6, 0.95),
+        index=index,
+        eviction=eviction,
+    )
     for i, v in enumerate(_vectors(n, seed=seed)):
         c.insert(v, i % 10, 0.5 + (i % 5) / 10, FP if i % 4 else OTHER, float(i))
         if i % 7 == 0:
@@ -59,6 +68,7 @@ def test_round_trip_keeps_everything(tmp_path: Path, index: str, eviction: str) 
     d = SemanticCache.load(path)
     assert len(d) == len(c) == 40
     assert (d.threshold, d.k, d.votes, d.capacity, d.policy.name) == (c.threshold, c.k, c.votes, 40, eviction)
+    assert d.radius == c.radius
     assert d.node_id == c.node_id
     assert d.known() == c.known()
     assert d.version == c.version

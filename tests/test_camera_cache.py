@@ -114,3 +114,20 @@ def test_calibrate_camera_is_the_bench_calibration_in_one_call() -> None:
     assert c.threshold < 0  # a dozen frames certify nothing: the cache never answers
     assert cam.settings == CacheSettings(c.threshold, c.k, c.votes, c.min_confidence)
     assert (c.k, c.votes) in KV or c.threshold < 0
+
+
+def test_the_radius_reaches_a_node_from_settings_and_the_command_line() -> None:
+    from ccied_p2p.cache import SemanticCache
+    from ccied_p2p.cli import _node_config, build_parser
+    from ccied_p2p.errors import ConfigError
+    from ccied_p2p.presets import CacheSettings
+    from ccied_p2p.runtime.config import CacheConfig
+
+    settings = CacheSettings(0.2, 5, 5, 0.8, (0.7, 0.97))
+    cache = SemanticCache(b"n")
+    settings.apply(cache)
+    assert cache.radius == (0.7, 0.97)
+    args = build_parser().parse_args(["serve", "--insecure", *settings.as_args()])
+    assert _node_config(args).cache.radius == (0.7, 0.97)
+    with pytest.raises(ConfigError):
+        CacheConfig(radius=(0.97, 0.7)).validate()
