@@ -300,6 +300,10 @@ def test_cluster_nodes_get_their_own_copy_of_each_group() -> None:
     b = cluster.join_config("b", host="127.0.0.9", strategy=shared, cache=cache)
     a.strategy.local_tail_ms = 1000.0  # what a test does to one running node leaves the others alone
     assert (b.strategy.local_tail_ms, shared.local_tail_ms) == (5.0, 5.0)
-    assert a.cache == b.cache == CacheConfig(share=False, threshold=0.2, k=3, votes=2, min_confidence=0.0)
+    assert (
+        a.cache
+        == b.cache
+        == CacheConfig(share=False, threshold=0.2, k=3, votes=2, min_confidence=0.0, radius=(0.0, 0.0))
+    )
     assert (a.network.mdns, a.network.host, b.network.host) == (False, "127.0.0.1", "127.0.0.9")
     assert a.secret == b.secret == cluster.secret
