@@ -95,7 +95,7 @@ def test_a_node_gets_the_key_the_camera_bench_calibrates() -> None:
 
 @pytest.mark.slow
 def test_calibrate_camera_is_the_bench_calibration_in_one_call() -> None:
-    from ccied_p2p.bench.camera_cache import KV, calibrate_camera, camera_key
+    from ccied_p2p.bench.camera_cache import KV, RADIUS, calibrate_camera, camera_key
     from ccied_p2p.errors import DataUnavailableError
     from ccied_p2p.lite import lite0_split
     from ccied_p2p.presets import CacheSettings
@@ -112,7 +112,7 @@ def test_calibrate_camera_is_the_bench_calibration_in_one_call() -> None:
     assert c.held_out  # chosen on the even calibration photos, tested on the odd ones
     assert c.in_sample_requests + c.requests == 12
     assert c.threshold < 0  # a dozen frames certify nothing: the cache never answers
-    assert cam.settings == CacheSettings(c.threshold, c.k, c.votes, c.min_confidence)
+    assert cam.settings == CacheSettings(c.threshold, c.k, c.votes, c.min_confidence, RADIUS)
     assert (c.k, c.votes) in KV or c.threshold < 0
 
 
