@@ -167,6 +167,23 @@ async def test_leaving_leaves_nothing_behind(split: SplitModel) -> None:
         await asyncio.open_connection("127.0.0.1", port)
 
 
+async def test_a_link_whose_adopt_never_ran_is_closed_with_the_node(split: SplitModel) -> None:
+    """A dial authenticated while the node closes: its adopt task is cancelled before its first step, so
+    nothing in it runs; the node still closes the socket (CI once saw aiohttp's "Unclosed connection")."""
+    async with Node(split, _config("b")) as b:
+        a = Node(split, _config("a"))
+        await a.start()
+        before = {t for t in a._tasks if t.get_name().endswith(":link:b")}
+        await a._mesh.dial("127.0.0.1", b.port)  # returns with the adopt task spawned, not yet run
+        (task,) = {t for t in a._tasks if t.get_name().endswith(":link:b")} - before
+        link = task.get_coro().cr_frame.f_locals["link"]  # type: ignore[union-attr]
+        task.cancel()
+        await a.close()
+        assert task.cancelled()
+        assert link.ws.closed
+        await _until(lambda: not b.links)
+
+
 async def test_graceful_leave_is_seen_by_peers(split: SplitModel) -> None:
     async with Node(split, _config("a")) as a:
         async with Node(split, _config("b", seeds=[a.address])) as b:

@@ -56,6 +56,8 @@ class Mesh:
         self.outbox: dict[bytes, list[Message]] = {}
         self._dialing: dict[bytes, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Authenticated links whose adopt() has not ended yet (its task may be cancelled before it starts).
+        self._unowned: set[Link] = set()
 
     def open(self, local_host: str | None) -> aiohttp.ClientSession:
         """The client session dials go through (leaving from ``local_host`` if given); the caller closes it."""
@@ -66,7 +68,8 @@ class Mesh:
         return self._session
 
     async def close_links(self) -> None:
-        for link in list(self.links.values()):
+        """Close every link, adopted or still waiting for its adopt() to run."""
+        for link in [*self.links.values(), *self._unowned]:
             await link.close()
 
     def abort_links(self) -> None:
@@ -127,6 +130,7 @@ class Mesh:
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
+        self._unowned.add(link)
         await self.adopt(link)
         return ws
 
@@ -161,6 +165,7 @@ class Mesh:
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
+        self._unowned.add(link)
         node._spawn(self.adopt(link), f"link:{session.peer.name}")
 
     async def dial_address(self, address: str, attempts: int = 20) -> None:
@@ -205,7 +210,16 @@ class Mesh:
     # ------------------------------------------------------------------ owning links
 
     async def adopt(self, link: Link) -> None:
-        """Own a new authenticated link; keep one per peer (the one dialled by the lower node id)."""
+        """Own a new authenticated link for as long as it runs; its socket is closed however this ends (a
+        duplicate, a failure, a cancellation while sending the first messages)."""
+        try:
+            await self._own(link)
+        finally:
+            self._unowned.discard(link)
+            await link.close()
+
+    async def _own(self, link: Link) -> None:
+        """Keep one link per peer (the one dialled by the lower node id), greet it, run it."""
         node = self.node
         pid = link.node_id
         if pid == node.node_id:
