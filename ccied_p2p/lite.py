@@ -383,6 +383,7 @@ def prune_summary(
         "jpeg_agreement": float(np.mean(jpeg == before)),
         "jpeg_accuracy": float(np.mean(jpeg[labelled] == truth[labelled])),
         "frames": frames,
+        "seed": seed,
         "labelled_frames": int(labelled.sum()),
         "recipe": asdict(recipe) if prune else None,
         "fingerprint": pruned.fingerprint,
