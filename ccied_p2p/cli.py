@@ -101,16 +101,18 @@ def _cmd_prune_lite0(args: argparse.Namespace) -> int:
     rows = []
     for amount in amounts:
         keep = max(1, round((1.0 - amount) * channels))
-        rows.append(lite.prune_summary(cut, lite.DistillRecipe(keep=keep), prune=keep < channels))
+        recipe = lite.DistillRecipe(keep=keep)
+        rows.append(lite.prune_summary(cut, recipe, prune=keep < channels, seed=args.seed))
     out: Any = rows[0] if len(rows) == 1 else rows
     lines = [
-        f"{'cut':<10} {'amount':>6} {'bytes':>7} {'f16 B':>7} {'unpruned':>8} {'JPEG':>7} {'agree':>6} {'acc before':>10} {'acc after':>9}"
+        f"{'cut':<10} {'amount':>6} {'bytes':>7} {'f16 B':>7} {'unpruned':>8} {'JPEG':>7} {'agree':>6} "
+        f"{'acc before':>10} {'acc after':>9} {'JPEG agree':>10} {'JPEG acc':>8}"
     ]
     for r in rows:
         lines.append(
             f"{r['cut']:<10} {r['amount']:>6.3f} {r['bytes_per_transfer']:>7.0f} {r['bytes_per_transfer_f16']:>7.0f} "
             f"{r['unpruned_bytes']:>8.0f} {r['jpeg_bytes']:>7.0f} {r['agreement']:>6.3f} {r['accuracy_before']:>10.4f} "
-            f"{r['accuracy_after']:>9.4f}"
+            f"{r['accuracy_after']:>9.4f} {r['jpeg_agreement']:>10.3f} {r['jpeg_accuracy']:>8.4f}"
         )
     sys.stdout.write((json.dumps(out, indent=2) if args.json else "\n".join(lines)) + "\n")
     return 0
@@ -372,6 +374,12 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
         "--cuts", action="store_true", help="Lite0: head share, bytes and agreement per cut, unpruned"
     )
     p.add_argument("--curve", action="store_true", help="also report amounts 0, 0.5, 0.75, 0.9")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Lite0: the photo-camera stream (over the evaluation photos) agreement and accuracy are scored on",
+    )
     p.set_defaults(func=_cmd_prune)
 
     def cpu_quota_arg(p: argparse.ArgumentParser) -> None:

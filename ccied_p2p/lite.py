@@ -319,9 +319,12 @@ def prune_summary(
     Agreement and accuracy: top-1 on ``frames`` frames of the photo camera over the evaluation photos (frames
     with no object in view count for agreement only). Bytes: the split activation as sent (``encoding``,
     decoded before the tail, so agreement includes the codec) against the 224-px q90 JPEG of the same frame,
-    on every ``clip_step``-th frame of the evaluation clips and on the photo frames."""
+    on every ``clip_step``-th frame of the evaluation clips and on the photo frames. ``jpeg_agreement`` and
+    ``jpeg_accuracy``: the unsplit model on that JPEG as a peer decodes it (what offloading the frame answers),
+    on the same photo frames as ``agreement``."""
     from ccied_p2p.camera import jpeg_encode
     from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
+    from ccied_p2p.inputs import LITE_SPEC, decode_jpeg, encode_jpeg
     from ccied_p2p.video import EVAL_CLIPS, photo_camera, photo_split, read_clips
 
     recipe = recipe or DistillRecipe()
@@ -347,6 +350,8 @@ def prune_summary(
         return torch.cat(logits), sizes, raw
 
     before = _batched(base, to_input(photos)).argmax(1).numpy()
+    offloaded = np.stack([decode_jpeg(encode_jpeg(LITE_SPEC.prepare(f)), LITE_SPEC) for f in photos])
+    jpeg = _batched(base, to_input(offloaded)).argmax(1).numpy()
     after_logits, photo_sizes, _photo_f16 = wire(photos)
     after = after_logits.argmax(1).numpy()
     _, clip_sizes, clip_f16 = wire(clips)
@@ -375,7 +380,10 @@ def prune_summary(
         "agreement": float(np.mean(after == before)),
         "accuracy_before": float(np.mean(before[labelled] == truth[labelled])),
         "accuracy_after": float(np.mean(after[labelled] == truth[labelled])),
+        "jpeg_agreement": float(np.mean(jpeg == before)),
+        "jpeg_accuracy": float(np.mean(jpeg[labelled] == truth[labelled])),
         "frames": frames,
+        "seed": seed,
         "labelled_frames": int(labelled.sum()),
         "recipe": asdict(recipe) if prune else None,
         "fingerprint": pruned.fingerprint,

@@ -46,6 +46,7 @@ __all__ = [
     "Strategy",
     "StrategyPolicy",
     "choose",
+    "explore",
     "live_situation",
 ]
 
@@ -204,6 +205,7 @@ class Option:
     overhead_s: float = 0.0
     hit_rate: float = 0.0
     node_id: bytes = b""
+    hit_s: float = 0.0  # cache: what a hit costs on this device (head to the lookup point and the lookup)
 
     @property
     def label(self) -> str:
@@ -237,6 +239,7 @@ def _option(
     remote_s: float = 0.0,
     overhead_s: float = 0.0,
     hit_rate: float = 0.0,
+    hit_s: float = 0.0,
 ) -> Option:
     seconds = device_s + wait_s + transfer_s + rtt_s + remote_s + overhead_s
     return Option(
@@ -252,7 +255,20 @@ def _option(
         overhead_s,
         hit_rate,
         b"" if peer is None else peer.node_id,
+        hit_s,
     )
+
+
+def explore(options: list[Option], since_lookup: int, every: int) -> list[Option]:
+    """``options`` with the best cache option moved first when the cache was last looked up ``every`` or
+    more requests ago (0: never) and a hit would beat the best option: the hit rate that decides whether the
+    cache is used is only measured by looking it up, so one measured low would otherwise keep it unused."""
+    if not every or since_lookup < every or not options or options[0].strategy is Strategy.CACHE:
+        return options
+    cached = [o for o in options if o.strategy is Strategy.CACHE]
+    if not cached or cached[0].hit_s >= options[0].seconds:
+        return options
+    return [cached[0], *(o for o in options if o is not cached[0])]
 
 
 def _remote(
@@ -289,7 +305,12 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
         miss = 1.0 - s.hit_rate
         out.append(
             _option(
-                Strategy.CACHE, None, lookup, hit_cost + miss * s.device.rest(lookup), hit_rate=s.hit_rate
+                Strategy.CACHE,
+                None,
+                lookup,
+                hit_cost + miss * s.device.rest(lookup),
+                hit_rate=s.hit_rate,
+                hit_s=hit_cost,
             )
         )
         at_lookup = s.activation_bytes.get(lookup)
@@ -312,6 +333,7 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
                         miss * compute,
                         miss * overhead,
                         hit_rate=s.hit_rate,
+                        hit_s=hit_cost,
                     )
                 )
     out.sort(key=Option.sort_key)

@@ -117,6 +117,10 @@ def test_unpruned_summary_sends_every_channel_in_four_bits() -> None:
     assert out["bytes_per_transfer"] == 192 * 49 // 2 + 4 * 192 + 18
     assert out["bytes_per_transfer"] < 0.5 * out["jpeg_bytes"]
     assert out["recipe"] is None
+    # What offloading the frame answers: the unsplit model on the decoded JPEG, scored like the split.
+    assert 0.0 <= out["jpeg_agreement"] <= 1.0
+    assert 0.0 <= out["jpeg_accuracy"] <= 1.0
+    assert out["jpeg_agreement"] < 1.0  # the unsure model's top-1 moves with JPEG artefacts on some frames
 
 
 @pytest.mark.slow

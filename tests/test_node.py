@@ -20,9 +20,9 @@ from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.launch import start_serve, stop_serve
 from ccied_p2p.presets import calibrate
-from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, StrategyConfig
+from ccied_p2p.runtime.config import CacheConfig, ConnectionLimits, NetworkConfig, StrategyConfig
 from ccied_p2p.runtime.node import InferenceResult, Node, NodeConfig
-from ccied_p2p.runtime.transport import PROTOCOL_VERSION
+from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing.wait import until as _until
 from ccied_p2p.workloads import camera_stream
@@ -165,6 +165,44 @@ async def test_leaving_leaves_nothing_behind(split: SplitModel) -> None:
     assert not b.links
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_link_whose_adopt_never_ran_is_closed_with_the_node(split: SplitModel) -> None:
+    """A dial authenticated while the node closes: its adopt task is cancelled before its first step, so
+    nothing in it runs; the node still closes the socket (CI once saw aiohttp's "Unclosed connection")."""
+    async with Node(split, _config("b")) as b:
+        a = Node(split, _config("a"))
+        await a.start()
+        before = {t for t in a._tasks if t.get_name().endswith(":link:b")}
+        await a._mesh.dial("127.0.0.1", b.port)  # returns with the adopt task spawned, not yet run
+        (task,) = {t for t in a._tasks if t.get_name().endswith(":link:b")} - before
+        link = task.get_coro().cr_frame.f_locals["link"]  # type: ignore[union-attr]
+        task.cancel()
+        await a.close()
+        assert task.cancelled()
+        assert link.ws.closed
+        await _until(lambda: not b.links)
+
+
+async def test_closing_ends_handshakes_in_progress_at_once(split: SplitModel) -> None:
+    """A peer mid-handshake when the node closes is told so (GOING_AWAY) instead of waiting out the handshake
+    timeout with, on its side, a link it may already think open (a cluster's close took 5 s for this)."""
+    connections = ConnectionLimits(handshake_timeout=60.0)
+    node = Node(split, _config("b", connections=connections))
+    await node.start()
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://{node.address}{WS_PATH}")  # says nothing: the node waits
+        await _until(lambda: node._mesh._handshaking)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await node.close()
+        took = loop.time() - start
+        msg = await ws.receive(timeout=5)
+        await ws.close()
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert msg.data == aiohttp.WSCloseCode.GOING_AWAY
+    assert took < 10.0, took  # not the 60 s handshake timeout
+    assert node.counters.auth_failures == 0  # closing is not the peer's failure
 
 
 async def test_graceful_leave_is_seen_by_peers(split: SplitModel) -> None:

@@ -32,9 +32,12 @@ def test_quick_regimes(tmp_path: Path) -> None:
     parser.add_argument("--json", action="store_true")
     regimes.add_arguments(parser)
     result = regimes.run(
-        parser.parse_args(["--quick", "--frames", "4", "--repeats", "2", "--plots", str(tmp_path)])
+        parser.parse_args(
+            ["--quick", "--frames", "4", "--warmup", "2", "--repeats", "2", "--plots", str(tmp_path)]
+        )
     )
     rows = result["regimes"]
+    assert result["warmup"] == 2  # answered by the adaptive devices first, not measured
     assert result["split_encoding"] == "dense-i4"  # lite.WIRE_ENCODING: the split sends 4-bit values
     assert [(r["quota"], r["mbit"], r["stream"], r["frames_stay"]) for r in rows] == [
         (0.25, 10.0, "camera", False),

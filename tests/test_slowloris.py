@@ -343,7 +343,9 @@ async def _get_and_keep(address: str) -> tuple[asyncio.StreamReader, asyncio.Str
 
 @pytest.mark.network
 async def test_idle_and_second_request_heads_have_their_own_timeouts(split: SplitModel) -> None:
-    async with Node(split, _config("a", header_timeout=0.3, idle_timeout=4.0)) as node:
+    # header_timeout leaves room for a loaded loop between accept and the handler (0.3 s was once too short
+    # on CI for the GET below, sent at once); idle_timeout is four times it, so each shows which one fired.
+    async with Node(split, _config("a", header_timeout=1.0, idle_timeout=4.0)) as node:
         # Quiet after a response: closed after the idle timeout, not the (shorter) header timeout.
         reader, writer = await _get_and_keep(node.address)
         idle = await _until_closed(reader, 30)

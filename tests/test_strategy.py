@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.planner import MBIT
-from ccied_p2p.strategy import Costs, Option, Peer, Situation, Strategy, StrategyPolicy, choose
+from ccied_p2p.strategy import Costs, Option, Peer, Situation, Strategy, StrategyPolicy, choose, explore
 
 LITE0_S = 0.070
 SHARES = {"_blocks.1": 0.23, "_blocks.5": 0.45, "_blocks.11": 0.71}
@@ -130,6 +130,31 @@ def test_cache_miss_continues_where_it_is_cheapest() -> None:
     assert remote.seconds < local.seconds  # the rest of the model on a full-speed peer beats 3.9x here
     head = FULL.scaled(3.9).head("_blocks.5") + 0.0003
     assert local.seconds == pytest.approx(head + 0.5 * FULL.scaled(3.9).rest("_blocks.5"))
+
+
+def test_a_low_measured_hit_rate_is_measured_again_now_and_then() -> None:
+    """The regimes run of 2026-12-02: 32 cold misses made local win by the lookup's cost, and exploring compared
+    the best option with the cache option's whole expected cost (a miss included), so the cache was never
+    looked up again. Exploring compares with what a hit costs."""
+    # A full-speed device on 1 Mbit/s, a 3 ms lookup (key and search, as measured on a quota'd device), one
+    # hit in the last 32 lookups (Laplace: 1/34): local first, by the lookup's cost.
+    situation = dataclasses.replace(regime(1.0, 1.0, hit_rate=1 / 34, lookup_at="_blocks.5"), lookup_s=0.003)
+    options = choose(situation)
+    assert options[0].strategy is Strategy.LOCAL
+    cached = next(o for o in options if o.strategy is Strategy.CACHE)
+    assert cached.hit_s == pytest.approx(FULL.head("_blocks.5") + 0.003)
+    assert cached.device_s > options[0].seconds  # what exploring compared: never below local here
+    assert explore(options, since_lookup=9, every=10) == options  # not yet due
+    assert explore(options, since_lookup=10, every=0) == options  # exploring off
+    explored = explore(options, since_lookup=10, every=10)
+    assert explored[0] is cached
+    assert sorted(explored, key=id) == sorted(options, key=id)  # the same options, none twice
+    # A hit no faster than the best option is not worth a lookup.
+    slow = [
+        dataclasses.replace(o, hit_s=options[0].seconds) if o.strategy is Strategy.CACHE else o
+        for o in options
+    ]
+    assert explore(slow, since_lookup=10, every=10) == slow
 
 
 def test_a_busy_peer_loses_to_an_idle_one_and_failover_follows() -> None:

@@ -18,11 +18,14 @@ with an object in view (``local_accuracy``: the unpruned model run locally on th
 clips, agreement with the local model.
 
 Per (quota, link) one worker holding two device nodes (one with ``frames_stay``), each with a fresh cache per
-stream (calibrated for 1% false hits on photo-camera streams over the calibration photos). Every frame goes
-through ``local``, ``offload`` and ``split`` (fixed strategies, cache untouched, measured once and reused for
-both policies) and each adaptive device, in turn, starting with another one each frame, so the machine's
-noise and a warm second pass over the same frame hit every strategy alike. ``ratio`` = adaptive mean / best fixed mean (same run); with
-``frames_stay`` the best fixed is the best of local and split.
+stream, calibrated for 1% false hits on photo-camera streams over the calibration photos. ``--warmup W``: the
+adaptive devices first answer the stream's W frames before the measured ones, as a camera that has been
+running would have (its cache holds their entries, its recent hit rate is theirs); 0, the default, measures a
+cold start. Every measured frame goes through ``local``, ``offload`` and ``split`` (fixed strategies, cache
+untouched, measured once and reused for both policies) and each adaptive device, in turn, starting with another
+one each frame, so the machine's noise and a warm second pass over the same frame hit every strategy alike.
+``ratio`` = adaptive mean / best fixed mean (same run); with ``frames_stay`` the best fixed is the best of local
+and split.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ CUT = "_blocks.5"  # 80x14x14, the cut of ccied_p2p.lite
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ccied-p2p bench regimes``."""
     parser.add_argument("--frames", type=int, default=30, help="measured frames per strategy and cell")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="frames of each stream the adaptive devices answer before the measured ones (a camera that has "
+        "been running: its cache holds their entries, its hit rate is theirs); 0: a cold start",
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="workers per cell; the row holds medians of their means"
     )
@@ -190,9 +200,14 @@ async def _worker_main(spec: dict[str, Any]) -> None:
             for i in range(3):  # the link fits see both sizes before anything is measured
                 await node.infer_frame(warm[i], only=Strategy.OFFLOAD)
                 await node.infer_frame(warm[i], only=Strategy.SPLIT)
-        for name, frames in streams.items():
+        warmup = int(spec.get("warmup", 0))
+        for name, stream in streams.items():
             for node in (free, stay):
                 node.reset_cache()  # entries and measured hit rate; the calibrated rule stays
+            for frame in stream[:warmup]:  # the camera ran before: the adaptive devices saw these frames
+                for node in (free, stay):
+                    await node.infer_frame(frame)
+            frames = stream[warmup:]
             runs: dict[str, Any] = {k: _Run() for k in (*FIXED, "adaptive", "adaptive_stay")}
             # Every strategy on every frame, in turn, starting with another each frame: the machine's noise and
             # a warm second pass over the same frame hit all alike.
@@ -274,6 +289,7 @@ async def _cell(
     tmp: str,
     cache: dict[str, Any],
     encoding: str,
+    warmup: int = 0,
 ) -> dict[str, Any]:
     from ccied_p2p.inputs import LITE_SPEC
     from ccied_p2p.runtime.config import CacheConfig, NetworkConfig, NodeConfig, StrategyConfig
@@ -341,6 +357,7 @@ async def _cell(
             "encoding": encoding,
             "streams": stream_files,
             "cache": cache,
+            "warmup": warmup,
         }
         spec_path = Path(tmp) / "worker.json"
         spec_path.write_text(json.dumps(spec))
@@ -398,10 +415,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     if args.quick:
         quotas, mbits, names, n = [0.25], [10.0], ["camera"], min(args.frames, 6)
+        warmup = min(args.warmup, 6)
     else:
         quotas = [float(q) for q in args.quotas.split(",")]
         mbits = [float(m) for m in args.mbits.split(",")]
         names, n = args.streams.split(","), args.frames
+        warmup = args.warmup
+    if warmup < 0 or n < 1:
+        raise SystemExit("--frames must be >= 1 and --warmup >= 0")
     if any(q < 1.0 for q in quotas):
         find_controller()  # fails early, saying what is needed
     from ccied_p2p.lite import WIRE_ENCODING
@@ -410,8 +431,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     split = _split()
     # The bench's calibration data (3 streams of 1 500 frames); --quick: 3 of 20, which certify nothing.
     cache, calibration = _calibrate(split, 20 if args.quick else 1500, encoding)
-    streams = _streams(names, n)
-    refs = {name: _reference(split, frames) for name, (frames, _) in streams.items()}
+    streams = _streams(names, warmup + n)  # each stream's first `warmup` frames only warm the caches
+    refs = {name: _reference(split, frames[warmup:]) for name, (frames, _) in streams.items()}
+    truth = {name: labels[warmup:] for name, (_, labels) in streams.items()}
     regimes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ccied-regimes-") as tmp:
         files = {}
@@ -421,13 +443,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for quota in quotas:
             for mbit in mbits:
                 results = [
-                    asyncio.run(_cell(quota, mbit, files, split, tmp, cache, encoding))
+                    asyncio.run(_cell(quota, mbit, files, split, tmp, cache, encoding, warmup))
                     for _ in range(max(1, args.repeats))
                 ]
                 for name in names:
-                    per = [
-                        cell_rows(quota, mbit, name, r[name], refs[name], streams[name][1]) for r in results
-                    ]
+                    per = [cell_rows(quota, mbit, name, r[name], refs[name], truth[name]) for r in results]
                     regimes.extend(median_rows([p[i] for p in per]) for i in range(len(per[0])))
                 print(
                     f"regimes: quota {quota:g}, {mbit:g} Mbit/s done",
@@ -439,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split_encoding": encoding,
         "cache": cache,
         "calibration": calibration,
+        "warmup": warmup,
         "regimes": regimes,
     }
     if args.plots:

@@ -35,6 +35,7 @@ from ccied_p2p.strategy import (
     Situation,
     Strategy,
     StrategyPolicy,
+    explore,
     live_situation,
 )
 from ccied_p2p.strategy import choose as choose_strategy
@@ -333,16 +334,8 @@ class Inference:
         if only is not None:
             picked = [o for o in options if o.strategy is only]
             options = picked + [o for o in options if o.strategy is Strategy.LOCAL]
-        elif (
-            use_cache
-            and cfg.strategy.explore_every
-            and options[0].strategy is not Strategy.CACHE
-            and self.since_lookup >= cfg.strategy.explore_every
-        ):
-            # Measure the hit rate again, once in a while, if a hit would beat the best option at all.
-            cached = [o for o in options if o.strategy is Strategy.CACHE]
-            if cached and cached[0].device_s < options[0].seconds:
-                options = cached[:1] + options
+        elif use_cache:
+            options = explore(options, self.since_lookup, cfg.strategy.explore_every)
         self.since_lookup += 1
         timings: dict[str, float] = {}
         act: np.ndarray[Any, Any] | None = None

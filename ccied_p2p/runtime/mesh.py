@@ -56,6 +56,11 @@ class Mesh:
         self.outbox: dict[bytes, list[Message]] = {}
         self._dialing: dict[bytes, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Authenticated links whose adopt() has not ended yet (its task may be cancelled before it starts).
+        self._unowned: set[Link] = set()
+        # Server-side WebSockets still in their handshake: closed when the node closes, so the dialling peer
+        # learns at once instead of holding a half-open link for the handshake timeout.
+        self._handshaking: set[web.WebSocketResponse] = set()
 
     def open(self, local_host: str | None) -> aiohttp.ClientSession:
         """The client session dials go through (leaving from ``local_host`` if given); the caller closes it."""
@@ -66,7 +71,11 @@ class Mesh:
         return self._session
 
     async def close_links(self) -> None:
-        for link in list(self.links.values()):
+        """Close every link, adopted or still waiting for its adopt() to run, and every server-side
+        handshake in progress."""
+        for ws in list(self._handshaking):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node closing")
+        for link in [*self.links.values(), *self._unowned]:
             await link.close()
 
     def abort_links(self) -> None:
@@ -85,6 +94,10 @@ class Mesh:
             node.node_id, node.config.name, node.split.fingerprint, PROTOCOL_VERSION, new_nonce(), node.port
         )
 
+    def _closing(self) -> bool:
+        """Whether the node began closing (a call, read afresh after every await)."""
+        return self.node._closing
+
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """The server side: a peer's WebSocket, authenticated, then adopted for as long as it stays open."""
         node, cfg = self.node, self.node.config
@@ -92,7 +105,11 @@ class Mesh:
             max_msg_size=cfg.serving.limits.max_frame_bytes + 64, heartbeat=cfg.network.heartbeat
         )
         await ws.prepare(request)
+        if self._closing():
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node closing")
+            return ws
         peername = request.transport.get_extra_info("peername") if request.transport else None
+        self._handshaking.add(ws)
         try:
             session = await handshake(
                 ws,
@@ -103,6 +120,9 @@ class Mesh:
                 cfg.connections.handshake_timeout,
             )
         except (AuthenticationError, CodecError, TimeoutError, LinkClosedError) as exc:
+            if self._closing() and isinstance(exc, LinkClosedError):  # we closed it: not the peer's failure
+                log.debug("[%s] handshake with %s ended: the node is closing", cfg.name, peername)
+                return ws
             node.counters.auth_failures += 1
             reason = str(exc) or type(exc).__name__
             node._notify("on_auth_failure", str(peername), reason)
@@ -119,6 +139,8 @@ class Mesh:
                 )
             await ws.close()
             return ws
+        finally:
+            self._handshaking.discard(ws)
         link = Link(
             ws,
             session,
@@ -127,6 +149,7 @@ class Mesh:
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
+        self._unowned.add(link)
         await self.adopt(link)
         return ws
 
@@ -161,6 +184,7 @@ class Mesh:
             refusal_log=node.refusal_log,
             admit=node._serving.admit,
         )
+        self._unowned.add(link)
         node._spawn(self.adopt(link), f"link:{session.peer.name}")
 
     async def dial_address(self, address: str, attempts: int = 20) -> None:
@@ -205,7 +229,16 @@ class Mesh:
     # ------------------------------------------------------------------ owning links
 
     async def adopt(self, link: Link) -> None:
-        """Own a new authenticated link; keep one per peer (the one dialled by the lower node id)."""
+        """Own a new authenticated link for as long as it runs; its socket is closed however this ends (a
+        duplicate, a failure, a cancellation while sending the first messages)."""
+        try:
+            await self._own(link)
+        finally:
+            self._unowned.discard(link)
+            await link.close()
+
+    async def _own(self, link: Link) -> None:
+        """Keep one link per peer (the one dialled by the lower node id), greet it, run it."""
         node = self.node
         pid = link.node_id
         if pid == node.node_id:

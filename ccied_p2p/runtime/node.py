@@ -297,6 +297,7 @@ class Node:
             task.cancel()
         self._compute.cancel_jobs()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._mesh.close_links()  # links authenticated while closing, whose adopt task never ran
         self._mesh.links.clear()
 
     async def abort(self) -> None:

@@ -470,7 +470,8 @@ class LocalCluster:
         self._groups = {}
 
     def set_link(self, a: int, b: int, spec: LinkSpec, *, both: bool = True) -> None:
-        """Bytes from node ``a`` to node ``b`` (and back unless ``both=False``) follow ``spec`` from now on."""
+        """Bytes from node ``a`` to node ``b`` (and back unless ``both=False``) follow ``spec`` on connections
+        opened from now on (open ones keep the spec they started with; ``partition`` acts on open ones too)."""
         if self.network is None:
             raise LocalError("link specs need link emulation: LocalCluster(..., link=LinkSpec())")
         self.network.set_link(a, b, spec, both=both)

@@ -87,7 +87,8 @@ class Network:
         return None if label is None else self._forward_from.get(label)
 
     def set_link(self, a: Label, b: Label, spec: LinkSpec, *, both: bool = True) -> None:
-        """Bytes from ``a`` to ``b`` (and back, unless ``both=False``) follow ``spec`` from now on."""
+        """Bytes from ``a`` to ``b`` (and back, unless ``both=False``) follow ``spec`` on connections opened from
+        now on (an open connection keeps the model it started with)."""
         self.topology.set_link(a, b, spec, both=both)
         self._buckets.pop((a, b), None)
         if both:
