@@ -25,6 +25,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ccied_p2p.errors import ConfigError, DataUnavailableError
+from ccied_p2p.inputs import encode_jpeg
 
 __all__ = [
     "CameraMotion",
@@ -253,11 +254,8 @@ def virtual_camera(
         yield Frame(i, image, v, moving)
 
 
-def jpeg_encode(image: RGB, quality: int = 90) -> bytes:
-    """``image`` (uint8 (H, W, 3)) as a baseline JPEG at ``quality`` (Pillow, 4:2:0 as its default)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+jpeg_encode = encode_jpeg
+"""``image`` (uint8 (H, W, 3)) as a baseline JPEG at ``quality``: the encoder a node offloads frames with."""
 
 
 def jpeg_decode(data: bytes) -> RGB:

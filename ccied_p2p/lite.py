@@ -322,7 +322,6 @@ def prune_summary(
     on every ``clip_step``-th frame of the evaluation clips and on the photo frames. ``jpeg_agreement`` and
     ``jpeg_accuracy``: the unsplit model on that JPEG as a peer decodes it (what offloading the frame answers),
     on the same photo frames as ``agreement``."""
-    from ccied_p2p.camera import jpeg_encode
     from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
     from ccied_p2p.inputs import LITE_SPEC, decode_jpeg, encode_jpeg
     from ccied_p2p.video import EVAL_CLIPS, photo_camera, photo_split, read_clips
@@ -350,7 +349,8 @@ def prune_summary(
         return torch.cat(logits), sizes, raw
 
     before = _batched(base, to_input(photos)).argmax(1).numpy()
-    offloaded = np.stack([decode_jpeg(encode_jpeg(LITE_SPEC.prepare(f)), LITE_SPEC) for f in photos])
+    photo_jpegs = [encode_jpeg(LITE_SPEC.prepare(f)) for f in photos]  # what offloading each frame sends
+    offloaded = np.stack([decode_jpeg(data, LITE_SPEC) for data in photo_jpegs])
     jpeg = _batched(base, to_input(offloaded)).argmax(1).numpy()
     after_logits, photo_sizes, _photo_f16 = wire(photos)
     after = after_logits.argmax(1).numpy()
@@ -371,11 +371,11 @@ def prune_summary(
         "kept_channels": keep,
         "encoding": encoding,
         "bytes_per_transfer": float(np.mean(clip_sizes)),
-        "jpeg_bytes": float(np.mean([len(jpeg_encode(f)) for f in clips])),
+        "jpeg_bytes": float(np.mean([len(encode_jpeg(f)) for f in clips])),
         "bytes_per_transfer_f16": float(np.mean(clip_f16)),
         "unpruned_bytes": float(np.mean(unpruned)),
         "photo_bytes_per_transfer": float(np.mean(photo_sizes)),
-        "photo_jpeg_bytes": float(np.mean([len(jpeg_encode(f)) for f in photos])),
+        "photo_jpeg_bytes": float(np.mean([len(data) for data in photo_jpegs])),
         "bytes_frames": f"every {clip_step}th frame of {', '.join(EVAL_CLIPS)} ({len(clips)} frames)",
         "agreement": float(np.mean(after == before)),
         "accuracy_before": float(np.mean(before[labelled] == truth[labelled])),

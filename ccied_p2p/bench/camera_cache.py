@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ccied_p2p.bench.cache_eval import Stream, _evaluate
-from ccied_p2p.cache import Calibration, FeatureReducer, SemanticCache, reducer_for
+from ccied_p2p.cache import Calibration, FeatureReducer, SemanticCache, clopper_pearson_upper, reducer_for
 
 if TYPE_CHECKING:
     from ccied_p2p.presets import CacheSettings
@@ -60,15 +60,6 @@ CALIBRATION_STREAMS = 3
 CALIBRATION_SEEDS = tuple(100 + s for s in range(CALIBRATION_STREAMS))
 """Seeds of the calibration camera streams (over the calibration photos; evaluation streams use 0, 1, ...)."""
 EVALUATION_STREAMS = 2
-
-
-def clopper_pearson_upper(bad: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided exact binomial upper bound on a rate seen ``bad`` times in ``n`` (1.0 when ``n`` is 0)."""
-    from scipy.stats import beta  # type: ignore[import-untyped, unused-ignore]
-
-    if n == 0 or bad >= n:
-        return 1.0
-    return float(beta.ppf(confidence, bad + 1, n - bad))
 
 
 def wire_values(h: Any) -> Any:
@@ -159,18 +150,28 @@ def _calibrate_photos(
             -1.0, 1, 1, 0.0, m, 0, 0, 0.0, 0.0, 0.0, budget, bound, 0, held_out=True, in_sample_requests=n
         )
         return never, described
-    cal = SemanticCache(b"bench", radius=RADIUS).calibrate(
-        [s[0][_REDUCER] for s in selection],
-        [s[1] for s in selection],
+    return _calibrate_on(selection, budget, bound, held), described
+
+
+def _calibrate_on(
+    streams: list[Stream], budget: float, bound: float, held: list[Stream] | None = None
+) -> Calibration:
+    """The camera rule (:data:`GATES`, :data:`KV`, :data:`RADIUS`) chosen on ``streams`` at ``budget`` for the
+    ``bound`` bound; with ``held``, tested on those streams too (learn-then-test)."""
+    holdout = None
+    if held is not None:
+        holdout = ([s[0][_REDUCER] for s in held], [s[1] for s in held], [s[2] for s in held])
+    return SemanticCache(b"bench", radius=RADIUS).calibrate(
+        [s[0][_REDUCER] for s in streams],
+        [s[1] for s in streams],
         budget,
-        confidences=[s[2] for s in selection],
+        confidences=[s[2] for s in streams],
         confidence=bound,
         kv=KV,
         min_confidences=GATES,
         apply=False,
-        holdout=([s[0][_REDUCER] for s in held], [s[1] for s in held], [s[2] for s in held]),
+        holdout=holdout,
     )
-    return cal, described
 
 
 @dataclass(frozen=True)
@@ -253,17 +254,7 @@ def _video_streams(
         frames = read_clip(name)
         return model.stream(frames, np.full(len(frames), -1), np.arange(len(frames)))
 
-    cal_streams = [of(name) for name in TRAIN_CLIPS]
-    cal = SemanticCache(b"bench", radius=RADIUS).calibrate(
-        [s[0][_REDUCER] for s in cal_streams],
-        [s[1] for s in cal_streams],
-        budget,
-        confidences=[s[2] for s in cal_streams],
-        confidence=args.bound,
-        kv=KV,
-        min_confidences=GATES,
-        apply=False,
-    )
+    cal = _calibrate_on([of(name) for name in TRAIN_CLIPS], budget, args.bound)
     measured = {name: of(name) for name in EVAL_CLIPS}
     return cal, measured, f"the train clips {', '.join(TRAIN_CLIPS)}, each in order"
 

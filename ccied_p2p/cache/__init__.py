@@ -34,7 +34,7 @@ Parts: :mod:`~ccied_p2p.cache.reducers`, :mod:`~ccied_p2p.cache.indexes`, :mod:`
 from __future__ import annotations
 
 from ccied_p2p.cache.arrays import auto_crossover
-from ccied_p2p.cache.calibration import clopper_pearson_upper, entry_radius
+from ccied_p2p.cache.calibration import check_radius, clopper_pearson_upper, entry_radius
 from ccied_p2p.cache.entries import entry_size
 from ccied_p2p.cache.eviction import EvictionPolicy, LFUPolicy, LRUPolicy, SLRUPolicy, make_policy
 from ccied_p2p.cache.indexes import AutoIndex, BruteForceIndex, USearchIndex, VectorIndex, make_index
@@ -71,6 +71,7 @@ __all__ = [
     "USearchIndex",
     "VectorIndex",
     "auto_crossover",
+    "check_radius",
     "clopper_pearson_upper",
     "entry_radius",
     "entry_size",

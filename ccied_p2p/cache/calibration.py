@@ -106,8 +106,12 @@ MIN_RADIUS = 0.05
 """The smallest share of the threshold an entry answers within, whatever its confidence (see :func:`entry_radius`)."""
 
 
-def _check_radius(radius: tuple[float, float]) -> tuple[float, float]:
-    lo, hi = (float(r) for r in radius)
+def check_radius(radius: Any) -> tuple[float, float]:
+    """``radius`` as a float pair if it is one :func:`entry_radius` takes, else a ConfigError saying why."""
+    try:
+        lo, hi = (float(r) for r in radius)
+    except (TypeError, ValueError):
+        raise ConfigError(f"radius must be a pair (low, full), got {radius!r}") from None
     if not (lo == hi == 0.0 or 0.0 <= lo < hi <= 1.0):
         raise ConfigError(f"radius must be (0, 0) or (low, full) with 0 <= low < full <= 1, got {radius}")
     return lo, hi

@@ -207,7 +207,7 @@ def _from_payload(
             k=int(params["k"]),
             votes=int(params["votes"]),
             min_confidence=float(params["min_confidence"]),
-            radius=_radius(params.get("radius", (0.0, 0.0))),
+            radius=params.get("radius", (0.0, 0.0)),  # files written before it: the whole threshold
             audit_from=int(params["audit_from"]),
             reducer=reducer or make_reducer(params["reducer"]),
             index=index if index is not None else str(params["index"]),
@@ -292,10 +292,3 @@ def _from_payload(
     cache._version = int(state["version"])
     cache._known = {bytes(o): int(v) for o, v in state["known"]}
     return cache
-
-
-def _radius(raw: Any) -> tuple[float, float]:
-    """The saved ``radius`` pair (payloads written before it existed have none: every entry the whole threshold)."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 2:
-        raise ConfigError(f"cache radius must be a pair, got {raw!r}")
-    return float(raw[0]), float(raw[1])

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from ccied_p2p.cache import calibration, persistence
 from ccied_p2p.cache.arrays import FloatArray, _unit
-from ccied_p2p.cache.calibration import _audit_due, _check_radius, _vote, entry_radius
+from ccied_p2p.cache.calibration import _audit_due, _vote, check_radius, entry_radius
 from ccied_p2p.cache.entries import _Bucket, _Entry, _entry_hash, _OriginLog, entry_size
 from ccied_p2p.cache.eviction import EvictionPolicy, make_policy
 from ccied_p2p.cache.indexes import AutoIndex, IndexFactory, make_index
@@ -69,7 +69,7 @@ class SemanticCache:
         self.k = k
         self.votes = votes
         self.min_confidence = min_confidence
-        self.radius = _check_radius(radius)
+        self.radius = check_radius(radius)
         if audit_from < 0:
             raise ConfigError(f"audit_from must be >= 0, got {audit_from}")
         self.audit_from = audit_from

@@ -131,12 +131,18 @@ class CacheConfig:
             raise ConfigError(f"cache.votes must be in 1..k ({self.k}), got {self.votes}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"cache.min_confidence must be in 0..1, got {self.min_confidence}")
-        if self.radius is not None:
-            lo, hi = self.radius
-            if not (lo == hi == 0.0 or 0.0 <= lo < hi <= 1.0):
-                raise ConfigError(
-                    f"cache.radius must be (0, 0) or (low, full) in 0..1, low < full, got {self.radius}"
-                )
+        self._radius()
+
+    def _radius(self) -> tuple[float, float] | None:
+        """``radius`` checked by the cache's own rule (imported here: the cache package loads usearch)."""
+        if self.radius is None:
+            return None
+        from ccied_p2p.cache import check_radius
+
+        try:
+            return check_radius(self.radius)
+        except ConfigError as exc:
+            raise ConfigError(f"cache.{exc}") from None
 
     def tune(self, cache: SemanticCache) -> None:
         """Set the answer rule on ``cache``: every field that is not None (a ConfigError leaves it unchanged)."""
@@ -144,14 +150,14 @@ class CacheConfig:
         votes = cache.votes if self.votes is None else self.votes
         if not 1 <= votes <= k:
             raise ConfigError(f"cache.votes must be in 1..k ({k}), got {votes}")
+        radius = self._radius()
         cache.k, cache.votes = k, votes
         if self.threshold is not None:
             cache.threshold = self.threshold
         if self.min_confidence is not None:
             cache.min_confidence = self.min_confidence
-        if self.radius is not None:
-            self.validate()
-            cache.radius = (float(self.radius[0]), float(self.radius[1]))
+        if radius is not None:
+            cache.radius = radius
 
 
 @dataclass
