@@ -48,6 +48,7 @@ __all__ = [
     "choose",
     "explore",
     "live_situation",
+    "size_input",
 ]
 
 
@@ -269,6 +270,16 @@ def explore(options: list[Option], since_lookup: int, every: int) -> list[Option
     if not cached or cached[0].hit_s >= options[0].seconds:
         return options
     return [cached[0], *(o for o in options if o is not cached[0])]
+
+
+def size_input(options: list[Option], since_sized: int, every: int) -> bool:
+    """Whether to encode this request's input only to measure what an offload would send: offload is an
+    option but not the first (first, the input is encoded anyway) and the input was last encoded ``every`` or
+    more requests ago (0: never). Without it the size is learnt only from offloads, so a size first guessed or
+    measured high (a busier scene, another camera) keeps offload unchosen and the guess unrevised."""
+    if not every or since_sized < every or not options or options[0].strategy is Strategy.OFFLOAD:
+        return False
+    return any(o.strategy is Strategy.OFFLOAD for o in options)
 
 
 def _remote(

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ccied_p2p import datasets
 from ccied_p2p.codec.admission import AdmissionPolicy, PeerBudget, Refusal
+from ccied_p2p.codec.auth import SEAL_OVERHEAD
 from ccied_p2p.codec.messages import Hello, InferInput, LoadReport
 from ccied_p2p.codec.tensor import DEFAULT_LIMITS
 from ccied_p2p.codec.wire import decode_message, encode_message, peek_message
@@ -338,3 +339,29 @@ async def test_the_choice_follows_the_measurements_and_agrees_with_plan(
     assert all(o.strategy is not Strategy.OFFLOAD for o in b.options())
     for frame in _digits(data, 4):
         assert (await b.infer_frame(frame)).strategy != "offload"
+
+
+@pytest.mark.network
+async def test_what_offload_would_send_is_measured_before_it_is_ever_chosen(
+    split: SplitModel, data: datasets.Dataset
+) -> None:
+    """The regimes run of 2026-12-02: the input's size was learnt only from offloads, so a first guess above the
+    real size kept offload unchosen and the guess unrevised. The first request measures it (and again every
+    ``explore_every`` requests, size_input); a device whose frames stay never encodes them."""
+    async with (
+        Node(split, _config("a", cache=False)) as a,
+        Node(split, _config("b", seeds=[a.address], cache=False)) as b,
+        Node(split, _config("c", seeds=[a.address], cache=False)) as c,
+    ):
+        c.config.strategy.frames_stay = True
+        await _until(lambda: len(b.links) == 2 and len(c.links) == 2)
+        spec = b.input_spec
+        frame = _digits(data, 1)[0]
+        sent = InferInput(1, split.fingerprint, spec.key, "raw", spec.shape, tensor=spec.preprocess(frame))
+        guess = b.situation().input_bytes
+        assert guess == spec.pixels * 4 + 160 != len(encode_message(sent)) + SEAL_OVERHEAD
+        await b.infer_frame(frame)  # offloaded or not, what an offload sends is now measured
+        assert b.situation().input_bytes == len(encode_message(sent)) + SEAL_OVERHEAD
+        for frame in _digits(data, 3):
+            assert (await c.infer_frame(frame)).strategy != "offload"
+        assert c.situation().input_bytes == guess  # never encoded

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -19,7 +20,17 @@ from hypothesis import strategies as st
 
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.planner import MBIT
-from ccied_p2p.strategy import Costs, Option, Peer, Situation, Strategy, StrategyPolicy, choose, explore
+from ccied_p2p.strategy import (
+    Costs,
+    Option,
+    Peer,
+    Situation,
+    Strategy,
+    StrategyPolicy,
+    choose,
+    explore,
+    size_input,
+)
 
 LITE0_S = 0.070
 SHARES = {"_blocks.1": 0.23, "_blocks.5": 0.45, "_blocks.11": 0.71}
@@ -155,6 +166,21 @@ def test_a_low_measured_hit_rate_is_measured_again_now_and_then() -> None:
         for o in options
     ]
     assert explore(slow, since_lookup=10, every=10) == slow
+
+
+def test_what_offload_would_send_is_measured_now_and_then_while_it_is_not_chosen() -> None:
+    # A full-speed device on 10 Mbit/s: local first, offload among the options.
+    options = choose(regime(1.0, 10.0))
+    assert options[0].strategy is not Strategy.OFFLOAD
+    assert any(o.strategy is Strategy.OFFLOAD for o in options)
+    assert size_input(options, since_sized=sys.maxsize, every=10)  # never measured: now
+    assert not size_input(options, since_sized=9, every=10)  # not yet due
+    assert size_input(options, since_sized=10, every=10)
+    assert not size_input(options, since_sized=10, every=0)  # exploring off
+    # Offload first: the input is encoded anyway. Frames stay: never encoded.
+    offload_first = sorted(options, key=lambda o: o.strategy is not Strategy.OFFLOAD)
+    assert not size_input(offload_first, since_sized=10, every=10)
+    assert not size_input(choose(regime(1.0, 10.0), STAY), since_sized=sys.maxsize, every=10)
 
 
 def test_a_busy_peer_loses_to_an_idle_one_and_failover_follows() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ccied_p2p.cache import Hit, LookupResult
+from ccied_p2p.codec.auth import SEAL_OVERHEAD
 from ccied_p2p.codec.messages import InferInput, InferRequest, MemberState
 from ccied_p2p.codec.wire import encode_message
 from ccied_p2p.errors import CCIEDError, RemoteError
@@ -37,6 +39,7 @@ from ccied_p2p.strategy import (
     StrategyPolicy,
     explore,
     live_situation,
+    size_input,
 )
 from ccied_p2p.strategy import choose as choose_strategy
 
@@ -74,7 +77,9 @@ class Inference:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.act_bytes = Ewma(alpha=0.2)  # what a split puts on the wire
-        self.input_bytes = Ewma(alpha=0.2)  # what an offload puts on the wire
+        self.input_bytes = Ewma(alpha=0.2)  # what an offload puts on the wire, measured
+        self.input_guess = 0.0  # ... until it is measured
+        self.since_sized = sys.maxsize  # requests since the input was last encoded (sized)
         self.encode_cost = Ewma(alpha=0.2)  # JPEG encoding
         self.lookup_cost = Ewma(alpha=0.2)
         self.lookups: deque[bool] = deque(maxlen=32)  # the last lookups: hit or not
@@ -99,11 +104,12 @@ class Inference:
             _, _, tail_s = compute.tail_sync(act)
             compute.tail_row.update(tail_s)
         msg = InferRequest(0, split.fingerprint, split.split_at, act, node.config.strategy.encoding)
-        self.act_bytes.update(len(encode_message(msg)) + 16)
+        self.act_bytes.update(len(encode_message(msg)) + SEAL_OVERHEAD)
         spec = node.input_spec
-        # A q90 JPEG of a camera frame: 6-16 KB at 224x224x3; a raw input: its float32 bytes.
+        # A q90 JPEG of a camera frame: 6-16 KB at 224x224x3; a raw input: its float32 bytes. The first
+        # measured size replaces it (size_input: the first request measures it).
         guess = spec.pixels // 10 if self.offload_format() == "jpeg" else spec.pixels * 4
-        self.input_bytes.update(guess + 160)
+        self.input_guess = guess + 160.0
 
     def offload_format(self) -> str:
         node = self.node
@@ -304,7 +310,7 @@ class Inference:
                 compute.head_cost.get(0.0),
                 compute.tail_row.get(0.0),
                 peers,
-                input_bytes=round(self.input_bytes.get(0.0)),
+                input_bytes=round(self.input_bytes.get(self.input_guess)),
                 activation_bytes=round(self.act_bytes.get(0.0)),
                 lookups=tuple(self.lookups),
                 # A cache calibrated to answer nothing (threshold < 0) is no option.
@@ -341,6 +347,11 @@ class Inference:
         act: np.ndarray[Any, Any] | None = None
         looked = Looked()
         jpeg: InferInput | None = None
+        if only is None and size_input(options, self.since_sized, cfg.strategy.explore_every):
+            # Encoded only to measure what offload would send (kept, should offload be tried after all).
+            jpeg = await self._input_message(pixels, timings)
+            self.input_bytes.update(len(encode_message(jpeg)) + SEAL_OVERHEAD)
+        self.since_sized += 1
         for attempts, option in enumerate(options, start=1):
             done: InferenceResult | None = None
             try:
@@ -397,6 +408,7 @@ class Inference:
     async def _input_message(self, pixels: np.ndarray[Any, Any], timings: dict[str, float]) -> InferInput:
         node = self.node
         spec, fp = node.input_spec, node.split.fingerprint
+        self.since_sized = 0
         if self.offload_format() == "raw":
             return InferInput(0, fp, spec.key, "raw", spec.shape, tensor=spec.to_tensor(pixels))
         start = time.perf_counter()
