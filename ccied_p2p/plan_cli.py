@@ -7,7 +7,7 @@ default cut's ratios and flagged ``measured: false``. The hit rate is the cache 
 stream of its own seed) unless ``--hit-rate`` is given. The planner itself is :mod:`ccied_p2p.planner`.
 
 ``--model efficientnet-lite0`` plans at camera resolution instead: the profile of the pretrained Lite0 at 224 px,
-its cuts after ``_blocks.3/5/8/11`` each sent in ``sparse-f16-lz4`` (exact) or ``dense-i4`` (4-bit values),
+its cuts after ``_blocks.3/5/8/11`` each sent in ``sparse-f16-lz4`` (exact) or ``dense-i4-deflate`` (4-bit values),
 with wire sizes on evaluation-clip frames and the accuracy each costs on photo-camera frames over the evaluation
 photos (:func:`ccied_p2p.lite.cut_table`, ``--frames`` of them); offload sends the frame's 224-px q90 JPEG. Its
 hit rate is 0 unless ``--hit-rate`` says otherwise (``bench cache --workload photo-camera`` measures one).

@@ -106,7 +106,7 @@ def test_calibrate_camera_is_the_bench_calibration_in_one_call() -> None:
     except DataUnavailableError as exc:
         pytest.skip(str(exc))
     assert cam.reducer.config() == camera_key(split).config()
-    assert cam.reference == "the tail on 4-bit wire values (dense-i4)"
+    assert cam.reference == "the tail on 4-bit wire values (dense-i4-deflate)"
     assert "2 photo-camera streams of 6 frames over the calibration photos" in cam.data
     c = cam.calibration
     assert c.held_out  # chosen on the even calibration photos, tested on the odd ones

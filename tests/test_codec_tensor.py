@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+import zlib
 from typing import Any
 
 import lz4.block
@@ -134,8 +135,9 @@ def test_sparse_size_matches_layout() -> None:
 
 
 def test_names_ids_and_registry() -> None:
-    assert len(ENCODINGS) == 16
-    assert len({e.code for e in ENCODINGS.values()}) == 16
+    assert len(ENCODINGS) == 24  # 2 layouts x 4 value types x (none, lz4, deflate)
+    assert len({e.code for e in ENCODINGS.values()}) == 24
+    assert all(e.code & 24 != 24 for e in ENCODINGS.values())  # never lz4 and deflate at once
     for name, enc in ENCODINGS.items():
         assert enc.name == name
         assert get_encoding(name) is enc
@@ -375,6 +377,72 @@ def test_empty_lz4_body_must_be_canonical() -> None:
         decode_tensor(blob + b"\x00")
 
 
+def _deflated(body: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(body) + packer.flush()
+
+
+def test_deflate_entropy_codes_four_bit_values_that_lz4_cannot_shrink() -> None:
+    """Rounded to 4 bits, a peaked (Laplace) activation has few common nibble pairs: Huffman coding shrinks them,
+    lz4 (repeats only) does not (Lite0's split: 8.2 KB in dense-i4, 6.6 KB in dense-i4-deflate)."""
+    x = np.random.default_rng(11).laplace(size=(1, 80, 14, 14)).astype(np.float32)
+    raw, lz4_, deflated = (len(encode_tensor(x, f"dense-i4{c}")) for c in ("", "-lz4", "-deflate"))
+    assert lz4_ >= raw - 100
+    assert deflated < 0.85 * raw
+    back = decode_tensor(encode_tensor(x, "dense-i4-deflate"))
+    assert np.array_equal(back, decode_tensor(encode_tensor(x, "dense-i4")))
+
+
+def test_deflate_bomb_is_refused_before_and_while_inflating() -> None:
+    # 16 KB of deflate inflate to 16 MB: the shape allows it, the limit does not.
+    body = bytes(1 << 24)
+    packed = _deflated(body)
+    assert len(packed) < 20_000
+    blob = _dense_blob("dense-f32-deflate", (1 << 11, 1 << 11), struct.pack("<I", len(body)) + packed)
+    assert decode_tensor(blob, Limits(max_decompressed_bytes=1 << 25)).shape == (1 << 11, 1 << 11)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceededError, match="declares"):
+            decode_tensor(blob, Limits(max_decompressed_bytes=1 << 20))
+        # Declaring less than it holds: inflating stops at the declared size.
+        short = _dense_blob("dense-f32-deflate", (1 << 11, 1 << 7), struct.pack("<I", 1 << 20) + packed)
+        with pytest.raises(DecompressionError, match="exactly the declared"):
+            decode_tensor(short)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 << 20
+    tiny = _deflated(bytes(100))
+    with pytest.raises(DecompressionError, match="cannot inflate"):
+        decode_tensor(_dense_blob("dense-f32-deflate", (1 << 20,), struct.pack("<I", 1 << 22) + tiny))
+
+
+@pytest.mark.parametrize(
+    ("tail", "match"),
+    [(b"", "exactly the declared"), (b"\x00", "exactly the declared"), (None, "does not decompress")],
+)
+def test_a_deflate_body_must_inflate_to_exactly_its_size(tail: bytes | None, match: str) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    body = x.tobytes()
+    if tail is None:  # corrupt: a reserved block type
+        blob = _dense_blob("dense-f32-deflate", (3, 4), struct.pack("<I", len(body)) + b"\xff\xff\xff")
+    elif tail:  # trailing bytes after the stream
+        blob = _dense_blob("dense-f32-deflate", (3, 4), struct.pack("<I", len(body)) + _deflated(body) + tail)
+    else:  # the stream ends early
+        blob = _dense_blob("dense-f32-deflate", (3, 4), struct.pack("<I", len(body)) + _deflated(body[:40]))
+    with pytest.raises(DecompressionError, match=match):
+        decode_tensor(blob)
+    good = _dense_blob("dense-f32-deflate", (3, 4), struct.pack("<I", len(body)) + _deflated(body))
+    assert np.array_equal(decode_tensor(good), x)
+
+
+def test_empty_deflate_body_must_be_canonical() -> None:
+    blob = encode_tensor(np.zeros((0, 3), np.float32), "dense-f32-deflate")
+    assert decode_tensor(blob).shape == (0, 3)
+    with pytest.raises(DecompressionError, match="empty deflate"):
+        decode_tensor(blob + b"\x00")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_truncation_is_a_codec_error(name: str) -> None:
     blob = encode_tensor(activation_like(np.random.default_rng(6), n=1, c=8, s=3), name)
@@ -398,7 +466,7 @@ def test_trailing_bytes_are_malformed(name: str) -> None:
 
 
 def test_unknown_encoding_id() -> None:
-    for code in (16, 32, 64, 255):
+    for code in (24, 27, 32, 64, 255):  # 24: lz4 and deflate at once
         with pytest.raises(UnsupportedError, match="encoding id"):
             decode_tensor(bytes([code, 0]))
 

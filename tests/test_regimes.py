@@ -38,7 +38,7 @@ def test_quick_regimes(tmp_path: Path) -> None:
     )
     rows = result["regimes"]
     assert result["warmup"] == 2  # answered by the adaptive devices first, not measured
-    assert result["split_encoding"] == "dense-i4"  # lite.WIRE_ENCODING: the split sends 4-bit values
+    assert result["split_encoding"] == "dense-i4-deflate"  # lite.WIRE_ENCODING: the split sends 4-bit values
     assert [(r["quota"], r["mbit"], r["stream"], r["frames_stay"]) for r in rows] == [
         (0.25, 10.0, "camera", False),
         (0.25, 10.0, "camera", True),

@@ -63,7 +63,7 @@ EVALUATION_STREAMS = 2
 
 
 def wire_values(h: Any) -> Any:
-    """``h`` (N, C, H, W) as the tail receives it in :data:`ccied_p2p.lite.WIRE_ENCODING` (``dense-i4``): per
+    """``h`` (N, C, H, W) as the tail receives it in :data:`ccied_p2p.lite.WIRE_ENCODING` (``dense-i4-deflate``): per
     sample and channel, rounded to ``max|x_c| / 7`` steps in [-7, 7] (the codec's i4 values, without bytes)."""
     import torch
 
@@ -224,7 +224,7 @@ def _describe(reducer: FeatureReducer) -> str:
 
 
 def _reference(model: _Lite) -> str:
-    return "the tail on 4-bit wire values (dense-i4)" if model.wire else "the tail on float values"
+    return "the tail on 4-bit wire values (dense-i4-deflate)" if model.wire else "the tail on float values"
 
 
 def _photo_streams(

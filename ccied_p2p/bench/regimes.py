@@ -10,7 +10,8 @@ advertises the relay, so every byte between device and peers crosses the emulate
 Model: EfficientNet-Lite0 (pretrained ImageNet, 224 px), split after ``_blocks.5``
 (:func:`ccied_p2p.lite.lite0_split`, unpruned: the channel-pruned split loses 20 pp of accuracy, far outside the
 1 pp target), its activation sent in ``--split-encoding`` (default :data:`ccied_p2p.lite.WIRE_ENCODING`, 4-bit
-values: 8.2 KB, 96.8% top-1 agreement; ``sparse-f16-lz4``, 31.5 KB and exact, is what earlier runs sent). Streams (:mod:`ccied_p2p.video`), built here and shared with the worker as ``.npy`` files: ``camera``
+values, deflated: 6.6 KB, 96.8% top-1 agreement; ``dense-i4``, 8.2 KB, and ``sparse-f16-lz4``, 31.5 KB and
+exact, are what earlier runs sent). Streams (:mod:`ccied_p2p.video`), built here and shared with the worker as ``.npy`` files: ``camera``
 (the labelled photo camera over the evaluation photos: objects pan in, are held, leave), ``clips`` (the
 evaluation clips ``vtest`` and ``cup``, every 4th / 2nd frame, half each; no labels) and ``control``
 (independent views of the same photos, no repeats). ``accuracy`` is top-1 against the photo's label on frames
@@ -75,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CI size: 25%% quota, 10 Mbit/s, camera, 6 frames",
     )
     parser.add_argument(
-        "--split-encoding", default=None, help="what the split sends (default: lite.WIRE_ENCODING, dense-i4)"
+        "--split-encoding",
+        default=None,
+        help="what the split sends (default: lite.WIRE_ENCODING, dense-i4-deflate)",
     )
     parser.add_argument("--plots", default=None, help="write the heatmap and latency CDFs (PNG) here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

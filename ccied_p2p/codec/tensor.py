@@ -1,11 +1,13 @@
 """Tensor encodings for activations and features: strategy objects turning float arrays into bytes and back.
 
 An encoding is a layout (``dense`` or ``sparse``), a value type (``f32``, ``f16``, ``i8``, ``i4``) and optionally
-``lz4`` on top; its name joins the three, e.g. ``sparse-f16-lz4``. A tensor blob starts with its encoding id
-and shape, so the receiver learns the encoding from the bytes. The blob layout, field by field, is in
-``docs/wire-format.md``; in short (little-endian)::
+a compression on top, ``lz4`` (fast; shrinks the zero runs of sparse layouts) or ``deflate`` (run-length and
+Huffman coding: entropy-codes quantised values, which lz4 cannot shrink); its name joins them, e.g.
+``sparse-f16-lz4`` or ``dense-i4-deflate``. A tensor blob starts with its encoding id and shape, so the
+receiver learns the encoding from the bytes. The blob layout, field by field, is in ``docs/wire-format.md``; in
+short (little-endian)::
 
-    u8 encoding id | u8 ndim | ndim x u32 shape | [u32 body size, if lz4] | body (lz4 block, if lz4)
+    u8 encoding id | u8 ndim | ndim x u32 shape | [u32 body size, if compressed] | body (compressed, if so)
 
     dense body:  [C x f32 scale, i8/i4 only] values (N*C*S)
     sparse body: channel mask ceil(C/8) | nonzero bitmap ceil(N*K*S/8) | [K x f32 scale, i8/i4 only] | nnz values
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
@@ -55,6 +58,7 @@ from ccied_p2p.errors import (
 __all__ = [
     "DEFAULT_LIMITS",
     "ENCODINGS",
+    "Compression",
     "DenseEncoding",
     "Limits",
     "SparseEncoding",
@@ -70,9 +74,11 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 Buffer = bytes | bytearray | memoryview
 
-# LZ4 cannot inflate one input byte to more than 255 output bytes; a block declaring more is a bomb.
-_LZ4_MAX_RATIO: Final = 256
-_LZ4_SLACK: Final = 64
+# LZ4 cannot inflate one input byte to more than 255 output bytes, deflate not to more than 1032: a body
+# declaring more is a bomb.
+_MAX_RATIO: Final = {8: 256, 16: 1032}
+_INFLATE_SLACK: Final = 64
+_EMPTY: Final = {8: b"\x00", 16: b"\x03\x00"}  # how each compresses an empty body
 
 _HEAD: Final = struct.Struct("<BB")
 _U32: Final = struct.Struct("<I")
@@ -118,6 +124,35 @@ class Limits:
 
 
 DEFAULT_LIMITS: Final = Limits()
+
+
+class Compression(IntEnum):
+    """What compresses the body; the number is bits 3-4 of the encoding id (at most one set)."""
+
+    NONE = 0
+    LZ4 = 8  # one lz4 block: fast, finds repeats (zero runs of a sparse layout)
+    DEFLATE = 16  # raw deflate, run-length and Huffman coding only (zlib Z_RLE): entropy-codes 4-bit values
+
+    @property
+    def suffix(self) -> str:
+        return "" if self is Compression.NONE else "-" + self.name.lower()
+
+
+def _deflate(body: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    return packer.compress(body) + packer.flush()
+
+
+def _inflate(packed: Buffer, declared: int) -> bytes:
+    """Exactly ``declared`` (> 0) bytes from one raw deflate stream, never more; DecompressionError else."""
+    unpacker = zlib.decompressobj(-15)
+    try:
+        body = unpacker.decompress(packed, declared)
+    except zlib.error as exc:
+        raise DecompressionError(f"deflate body does not decompress: {exc}") from None
+    if len(body) != declared or not unpacker.eof or unpacker.unconsumed_tail or unpacker.unused_data:
+        raise DecompressionError(f"deflate body does not inflate to exactly the declared {declared} bytes")
+    return body
 
 
 class ValueType(IntEnum):
@@ -215,18 +250,18 @@ class TensorEncoding(ABC):
     layout: ClassVar[str]
     _layout_bit: ClassVar[int]
 
-    __slots__ = ("_f16", "_i4", "_levels", "_q", "code", "lz4", "name", "value_type")
+    __slots__ = ("_f16", "_i4", "_levels", "_q", "code", "compression", "name", "value_type")
 
-    def __init__(self, value_type: ValueType, lz4: bool) -> None:
+    def __init__(self, value_type: ValueType, compression: Compression = Compression.NONE) -> None:
         self.value_type = value_type
-        self.lz4 = lz4
+        self.compression = compression
         # Plain attributes: enum property lookups cost a visible share of a 20 us batch-1 encode.
         self._f16 = value_type is ValueType.F16
         self._q = value_type.levels > 0  # i8 or i4: a float32 scale per channel
         self._i4 = value_type is ValueType.I4
         self._levels = value_type.levels
-        self.code = value_type.value | self._layout_bit | (8 if lz4 else 0)
-        self.name = f"{self.layout}-{value_type.label}" + ("-lz4" if lz4 else "")
+        self.code = value_type.value | self._layout_bit | compression.value
+        self.name = f"{self.layout}-{value_type.label}{compression.suffix}"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} id={self.code}>"
@@ -247,14 +282,18 @@ class TensorEncoding(ABC):
         n, c, s = _ncs(shape)
         parts = self._encode_body(x.reshape(n, c, s))
         head = _HEAD.pack(self.code, len(shape)) + _SHAPES[len(shape)].pack(*shape)
-        if not self.lz4:
+        if self.compression is Compression.NONE:
             return b"".join((head, *parts))
         body = b"".join(parts)
         if len(body) > limits.max_decompressed_bytes:
             raise EncodeLimitError(
                 f"tensor body of {len(body)} bytes, limit max_decompressed_bytes={limits.max_decompressed_bytes}"
             )
-        return b"".join((head, _U32.pack(len(body)), lz4.block.compress(body, store_size=False)))
+        if self.compression is Compression.LZ4:
+            packed = lz4.block.compress(body, store_size=False)
+        else:
+            packed = _deflate(body)
+        return b"".join((head, _U32.pack(len(body)), packed))
 
     def estimate_compression_ratio(self, array: npt.NDArray[np.floating[Any]]) -> float:
         """Encoded bytes over raw float32 bytes for this array (lower is better)."""
@@ -281,37 +320,47 @@ class TensorEncoding(ABC):
         )
         n, c, s = _ncs(shape)
         max_body = self._max_body_size(n, c, s)
-        if self.lz4:
-            if len(view) < offset + 4:
-                raise TruncatedError("tensor blob ends inside the lz4 size field")
-            (declared,) = _U32.unpack_from(view, offset)
-            offset += 4
-            compressed = view[offset:]
-            if declared > max_body:
-                raise LimitExceededError(
-                    f"lz4 body declares {declared} bytes, more than shape {shape} can need ({max_body})"
-                )
-            if declared > limits.max_decompressed_bytes:
-                raise LimitExceededError(
-                    f"lz4 body declares {declared} bytes, limit {limits.max_decompressed_bytes}"
-                )
-            if declared > _LZ4_MAX_RATIO * len(compressed) + _LZ4_SLACK:
-                raise DecompressionError(f"{len(compressed)} lz4 bytes cannot inflate to {declared}")
-            if declared == 0:
-                if len(compressed) != 1 or compressed[0] != 0:
-                    raise DecompressionError("an empty lz4 body is the single byte 0x00")
-                body: Buffer = b""
-            else:
-                try:
-                    body = lz4.block.decompress(compressed, uncompressed_size=declared)
-                except lz4.block.LZ4BlockError as exc:
-                    raise DecompressionError(f"lz4 block does not decompress: {exc}") from None
-                if len(body) != declared:
-                    raise DecompressionError(f"lz4 block inflated to {len(body)} bytes, declared {declared}")
+        if self.compression is not Compression.NONE:
+            body: Buffer = self._decompress(view, offset, shape, max_body, limits)
         else:
             body = view[offset:]
         flat = self._decode_body(body, n, c, s)
         return flat.reshape(shape)
+
+    def _decompress(
+        self, view: Buffer, offset: int, shape: tuple[int, ...], max_body: int, limits: Limits
+    ) -> Buffer:
+        """The body behind the u32 size field at ``offset``, its declared size checked before inflating."""
+        kind = self.compression.name.lower()
+        if len(view) < offset + 4:
+            raise TruncatedError(f"tensor blob ends inside the {kind} size field")
+        (declared,) = _U32.unpack_from(view, offset)
+        compressed = view[offset + 4 :]
+        if declared > max_body:
+            raise LimitExceededError(
+                f"{kind} body declares {declared} bytes, more than shape {shape} can need ({max_body})"
+            )
+        if declared > limits.max_decompressed_bytes:
+            raise LimitExceededError(
+                f"{kind} body declares {declared} bytes, limit {limits.max_decompressed_bytes}"
+            )
+        if declared > _MAX_RATIO[self.compression] * len(compressed) + _INFLATE_SLACK:
+            raise DecompressionError(f"{len(compressed)} {kind} bytes cannot inflate to {declared}")
+        if declared == 0:
+            if bytes(compressed) != _EMPTY[self.compression]:
+                raise DecompressionError(
+                    f"an empty {kind} body is the bytes {_EMPTY[self.compression].hex()}"
+                )
+            return b""
+        if self.compression is Compression.DEFLATE:
+            return _inflate(compressed, declared)
+        try:
+            body: bytes = lz4.block.decompress(compressed, uncompressed_size=declared)
+        except lz4.block.LZ4BlockError as exc:
+            raise DecompressionError(f"lz4 block does not decompress: {exc}") from None
+        if len(body) != declared:
+            raise DecompressionError(f"lz4 block inflated to {len(body)} bytes, declared {declared}")
+        return body
 
     @abstractmethod
     def _max_body_size(self, n: int, c: int, s: int) -> int:
@@ -532,14 +581,14 @@ def _build() -> dict[str, TensorEncoding]:
     table: dict[str, TensorEncoding] = {}
     for cls in (DenseEncoding, SparseEncoding):
         for vt in ValueType:
-            for compressed in (False, True):
-                enc = cls(vt, compressed)
+            for compression in Compression:
+                enc = cls(vt, compression)
                 table[enc.name] = enc
     return table
 
 
 ENCODINGS: Final[dict[str, TensorEncoding]] = _build()
-"""Every encoding by name: ``dense-f32``, ``dense-f32-lz4``, ..., ``sparse-i4-lz4``."""
+"""Every encoding by name: ``dense-f32``, ``dense-f32-lz4``, ``dense-f32-deflate``, ..., ``sparse-i4-deflate``."""
 
 _BY_CODE: Final[dict[int, TensorEncoding]] = {enc.code: enc for enc in ENCODINGS.values()}
 

@@ -175,7 +175,7 @@ class TensorInfo:
 
     @property
     def decoded_bytes(self) -> int:
-        """The float32 array it decodes to (lz4 and bitmaps add at most as much again, briefly)."""
+        """The float32 array it decodes to (decompression and bitmaps add at most as much again, briefly)."""
         return 4 * self.elements
 
 
