@@ -356,6 +356,7 @@ def prune_summary(
     after_logits, photo_sizes, _photo_f16 = wire(photos)
     after = after_logits.argmax(1).numpy()
     _, clip_sizes, clip_f16 = wire(clips)
+    clip_jpegs = np.array([len(encode_jpeg(f)) for f in clips], dtype=np.float64)
     unpruned = [
         len(encode_tensor(h[None], "sparse-f16-lz4"))
         for h in _batched(base.head, to_input(clips[::4])).numpy()
@@ -372,7 +373,10 @@ def prune_summary(
         "kept_channels": keep,
         "encoding": encoding,
         "bytes_per_transfer": float(np.mean(clip_sizes)),
-        "jpeg_bytes": float(np.mean([len(encode_jpeg(f)) for f in clips])),
+        "jpeg_bytes": float(np.mean(clip_jpegs)),
+        # Per frame: the activation against that frame's own JPEG (small on a static street, large on a close-up).
+        "jpeg_ratio_median": float(np.median(np.array(clip_sizes) / clip_jpegs)),
+        "jpeg_ratio_at_most_half": float(np.mean(np.array(clip_sizes) <= 0.5 * clip_jpegs)),
         "bytes_per_transfer_f16": float(np.mean(clip_f16)),
         "unpruned_bytes": float(np.mean(unpruned)),
         "photo_bytes_per_transfer": float(np.mean(photo_sizes)),

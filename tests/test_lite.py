@@ -117,6 +117,8 @@ def test_unpruned_summary_sends_every_channel_in_four_bits() -> None:
     # and the 18-byte header
     assert out["bytes_per_transfer"] < 0.95 * (192 * 49 // 2 + 4 * 192 + 18)
     assert out["bytes_per_transfer"] < 0.5 * out["jpeg_bytes"]
+    assert 0 < out["jpeg_ratio_median"] < 1
+    assert 0 <= out["jpeg_ratio_at_most_half"] <= 1
     assert out["recipe"] is None
     # What offloading the frame answers: the unsplit model on the decoded JPEG, scored like the split.
     assert 0.0 <= out["jpeg_agreement"] <= 1.0
