@@ -206,7 +206,9 @@ class StrategyConfig:
     jpeg_quality: int = 90
     encoding: str = "sparse-f16-lz4"  # how activations travel to peers (codec.tensor)
     profile_runs: int = 3  # forwards measured at start, seeding this device's costs
-    explore_every: int = 10  # look the cache up at least every N frames, so its hit rate stays measured
+    # At least every N frames, look the cache up and encode the input (while offload is an option but not
+    # chosen), so the hit rate and what offload would send stay measured; 0: never.
+    explore_every: int = 10
 
     def validate(self) -> None:
         _finite(self.local_tail_ms, 0, "strategy.local_tail_ms", strict=False)
