@@ -74,12 +74,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 Buffer = bytes | bytearray | memoryview
 
-# LZ4 cannot inflate one input byte to more than 255 output bytes, deflate not to more than 1032: a body
-# declaring more is a bomb.
-_MAX_RATIO: Final = {8: 256, 16: 1032}
-_INFLATE_SLACK: Final = 64
-_EMPTY: Final = {8: b"\x00", 16: b"\x03\x00"}  # how each compresses an empty body
-
 _HEAD: Final = struct.Struct("<BB")
 _U32: Final = struct.Struct("<I")
 _SHAPES: Final = [struct.Struct(f"<{n}I") for n in range(256)]
@@ -136,6 +130,13 @@ class Compression(IntEnum):
     @property
     def suffix(self) -> str:
         return "" if self is Compression.NONE else "-" + self.name.lower()
+
+
+# LZ4 cannot inflate one input byte to more than 255 output bytes, deflate not to more than 1032: a body
+# declaring more is a bomb.
+_MAX_RATIO: Final = {Compression.LZ4: 256, Compression.DEFLATE: 1032}
+_INFLATE_SLACK: Final = 64
+_EMPTY: Final = {Compression.LZ4: b"\x00", Compression.DEFLATE: b"\x03\x00"}  # an empty body, compressed
 
 
 def _deflate(body: bytes) -> bytes:
@@ -347,10 +348,9 @@ class TensorEncoding(ABC):
         if declared > _MAX_RATIO[self.compression] * len(compressed) + _INFLATE_SLACK:
             raise DecompressionError(f"{len(compressed)} {kind} bytes cannot inflate to {declared}")
         if declared == 0:
-            if bytes(compressed) != _EMPTY[self.compression]:
-                raise DecompressionError(
-                    f"an empty {kind} body is the bytes {_EMPTY[self.compression].hex()}"
-                )
+            empty = _EMPTY[self.compression]
+            if len(compressed) != len(empty) or bytes(compressed) != empty:
+                raise DecompressionError(f"an empty {kind} body is the bytes {empty.hex()}")
             return b""
         if self.compression is Compression.DEFLATE:
             return _inflate(compressed, declared)
