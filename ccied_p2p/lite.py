@@ -62,8 +62,8 @@ CUTS: dict[str, str] = {
 DEFAULT_CUT = "_blocks.5"
 # What an unpruned Lite0 split sends: its linear-bottleneck activation has no zeros, so a sparse layout only adds
 # a bitmap, and per-channel 4-bit values lose less top-1 agreement than dropping channels does at the same size
-# (ccied-p2p prune --model efficientnet-lite0 --cuts; README, Camera resolution). Deflate (run-length and Huffman
-# coding) takes a fifth off the 4-bit values, which lz4 cannot shrink; the values are the same.
+# (ccied-p2p prune --model efficientnet-lite0 --cuts; README, Camera resolution). Deflate (run-length and
+# Huffman coding) takes a fifth off the 4-bit values, which lz4 cannot shrink; the values are the same.
 WIRE_ENCODING = "dense-i4-deflate"
 
 
@@ -374,7 +374,7 @@ def prune_summary(
         "encoding": encoding,
         "bytes_per_transfer": float(np.mean(clip_sizes)),
         "jpeg_bytes": float(np.mean(clip_jpegs)),
-        # Per frame: the activation against that frame's own JPEG (small on a static street, large on a close-up).
+        # Per frame: the activation against that frame's own JPEG (small on a static street, large close up).
         "jpeg_ratio_median": float(np.median(np.array(clip_sizes) / clip_jpegs)),
         "jpeg_ratio_at_most_half": float(np.mean(np.array(clip_sizes) <= 0.5 * clip_jpegs)),
         "bytes_per_transfer_f16": float(np.mean(clip_f16)),
@@ -446,8 +446,8 @@ def cut_table(
     machine); ``head_macs_share`` the same from counted multiply-accumulates (exact, load-free). Bytes: mean over every ``clip_step``-th frame of the evaluation clips.
     Agreement and accuracy: the tail run on the decoded activation, over ``frames`` photo-camera frames on the
     evaluation photos, against the unsplit model's top-1 (accuracy on frames with an object in view)."""
-    from ccied_p2p.camera import jpeg_encode
     from ccied_p2p.codec.tensor import decode_tensor, encode_tensor
+    from ccied_p2p.inputs import encode_jpeg
     from ccied_p2p.models import efficientnet_lite0
     from ccied_p2p.video import EVAL_CLIPS, photo_camera, photo_split, read_clips
 
@@ -458,7 +458,7 @@ def cut_table(
     labelled = truth >= 0
     clip_frames = np.concatenate(list(read_clips(EVAL_CLIPS, step=clip_step).values()))
     clips = to_input(clip_frames)
-    jpeg = float(np.mean([len(jpeg_encode(f)) for f in clip_frames]))
+    jpeg = float(np.mean([len(encode_jpeg(f)) for f in clip_frames]))
     whole = efficientnet_lite0().eval()
     reference = _batched(whole, photos).argmax(1).numpy()
 

@@ -6,11 +6,12 @@ What is measured here: the per-layer profile (one thread), the wire size of each
 default cut's ratios and flagged ``measured: false``. The hit rate is the cache calibration's (on a camera
 stream of its own seed) unless ``--hit-rate`` is given. The planner itself is :mod:`ccied_p2p.planner`.
 
-``--model efficientnet-lite0`` plans at camera resolution instead: the profile of the pretrained Lite0 at 224 px,
-its cuts after ``_blocks.3/5/8/11`` each sent in ``sparse-f16-lz4`` (exact) or ``dense-i4-deflate`` (4-bit values),
-with wire sizes on evaluation-clip frames and the accuracy each costs on photo-camera frames over the evaluation
-photos (:func:`ccied_p2p.lite.cut_table`, ``--frames`` of them); offload sends the frame's 224-px q90 JPEG. Its
-hit rate is 0 unless ``--hit-rate`` says otherwise (``bench cache --workload photo-camera`` measures one).
+``--model efficientnet-lite0`` plans at camera resolution instead: the profile of the pretrained Lite0 at 224
+px, its cuts after ``_blocks.3/5/8/11`` each sent in ``sparse-f16-lz4`` (exact) or ``dense-i4-deflate`` (4-bit
+values), with wire sizes on evaluation-clip frames and the accuracy each costs on photo-camera frames over the
+evaluation photos (:func:`ccied_p2p.lite.cut_table`, ``--frames`` of them); offload sends the frame's 224-px
+q90 JPEG. Its hit rate is 0 unless ``--hit-rate`` says otherwise (``bench cache --workload photo-camera``
+measures one).
 
 It also prints the per-request strategy (:func:`ccied_p2p.strategy.choose`, what a node picks among cache,
 local, offload and split) for a device on ``--quota`` of a core (its costs: the profile / quota; ``bench quota``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import lz4.block
@@ -306,16 +307,20 @@ def test_too_many_elements() -> None:
         decode_tensor(blob, Limits(max_elements=255))
 
 
-def test_huge_declared_shape_is_refused_before_allocating() -> None:
-    blob = _dense_blob("sparse-f32-lz4", (65535, 65535, 65535), struct.pack("<I", 1 << 31) + b"\x00")
+def _peak_while_raising(exc: type[Exception], match: str | None, call: Callable[[], object]) -> int:
+    """The peak of traced allocations while ``call`` raises ``exc`` (matching ``match``)."""
     tracemalloc.start()
     try:
-        with pytest.raises(LimitExceededError):
-            decode_tensor(blob)
-        _, peak = tracemalloc.get_traced_memory()
+        with pytest.raises(exc, match=match):
+            call()
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20
+
+
+def test_huge_declared_shape_is_refused_before_allocating() -> None:
+    blob = _dense_blob("sparse-f32-lz4", (65535, 65535, 65535), struct.pack("<I", 1 << 31) + b"\x00")
+    assert _peak_while_raising(LimitExceededError, None, lambda: decode_tensor(blob)) < 1 << 20
 
 
 def test_decompression_bomb_declaring_more_than_the_limit() -> None:
@@ -326,27 +331,14 @@ def test_decompression_bomb_declaring_more_than_the_limit() -> None:
     blob = _dense_blob("dense-f32-lz4", (1 << 11, 1 << 11), struct.pack("<I", len(body)) + block)
     roomy = Limits(max_decompressed_bytes=1 << 25)
     assert decode_tensor(blob, roomy).shape == (1 << 11, 1 << 11)
-    tracemalloc.start()
-    try:
-        with pytest.raises(LimitExceededError, match="declares"):
-            decode_tensor(blob, Limits(max_decompressed_bytes=1 << 20))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    tight = Limits(max_decompressed_bytes=1 << 20)
+    assert _peak_while_raising(LimitExceededError, "declares", lambda: decode_tensor(blob, tight)) < 1 << 20
 
 
 def test_small_block_declaring_a_huge_size_is_refused_without_inflating() -> None:
     tiny = lz4.block.compress(bytes(100), store_size=False)
     blob = _dense_blob("dense-f32-lz4", (1 << 20,), struct.pack("<I", 1 << 22) + tiny)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DecompressionError, match="cannot inflate"):
-            decode_tensor(blob)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    assert _peak_while_raising(DecompressionError, "cannot inflate", lambda: decode_tensor(blob)) < 1 << 20
 
 
 def test_block_inflating_to_less_than_declared() -> None:
@@ -400,18 +392,14 @@ def test_deflate_bomb_is_refused_before_and_while_inflating() -> None:
     assert len(packed) < 20_000
     blob = _dense_blob("dense-f32-deflate", (1 << 11, 1 << 11), struct.pack("<I", len(body)) + packed)
     assert decode_tensor(blob, Limits(max_decompressed_bytes=1 << 25)).shape == (1 << 11, 1 << 11)
-    tracemalloc.start()
-    try:
-        with pytest.raises(LimitExceededError, match="declares"):
-            decode_tensor(blob, Limits(max_decompressed_bytes=1 << 20))
-        # Declaring less than it holds: inflating stops at the declared size.
-        short = _dense_blob("dense-f32-deflate", (1 << 11, 1 << 7), struct.pack("<I", 1 << 20) + packed)
-        with pytest.raises(DecompressionError, match="exactly the declared"):
-            decode_tensor(short)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 3 << 20
+    tight = Limits(max_decompressed_bytes=1 << 20)
+    assert _peak_while_raising(LimitExceededError, "declares", lambda: decode_tensor(blob, tight)) < 3 << 20
+    # Declaring less than it holds: inflating stops at the declared size.
+    short = _dense_blob("dense-f32-deflate", (1 << 11, 1 << 7), struct.pack("<I", 1 << 20) + packed)
+    assert (
+        _peak_while_raising(DecompressionError, "exactly the declared", lambda: decode_tensor(short))
+        < 3 << 20
+    )
     tiny = _deflated(bytes(100))
     with pytest.raises(DecompressionError, match="cannot inflate"):
         decode_tensor(_dense_blob("dense-f32-deflate", (1 << 20,), struct.pack("<I", 1 << 22) + tiny))

@@ -63,8 +63,9 @@ EVALUATION_STREAMS = 2
 
 
 def wire_values(h: Any) -> Any:
-    """``h`` (N, C, H, W) as the tail receives it in :data:`ccied_p2p.lite.WIRE_ENCODING` (``dense-i4-deflate``): per
-    sample and channel, rounded to ``max|x_c| / 7`` steps in [-7, 7] (the codec's i4 values, without bytes)."""
+    """``h`` (N, C, H, W) as the tail receives it in :data:`ccied_p2p.lite.WIRE_ENCODING`
+    (``dense-i4-deflate``): per sample and channel, rounded to ``max|x_c| / 7`` steps in [-7, 7] (the codec's
+    i4 values, without bytes)."""
     import torch
 
     scale = h.abs().amax(dim=(2, 3), keepdim=True) / 7

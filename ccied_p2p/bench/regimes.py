@@ -8,15 +8,15 @@ device). Two peers run at full speed in this process. Every node is reached thro
 advertises the relay, so every byte between device and peers crosses the emulated link.
 
 Model: EfficientNet-Lite0 (pretrained ImageNet, 224 px), split after ``_blocks.5``
-(:func:`ccied_p2p.lite.lite0_split`, unpruned: the channel-pruned split loses 20 pp of accuracy, far outside the
-1 pp target), its activation sent in ``--split-encoding`` (default :data:`ccied_p2p.lite.WIRE_ENCODING`, 4-bit
-values, deflated: 6.6 KB, 96.8% top-1 agreement; ``dense-i4``, 8.2 KB, and ``sparse-f16-lz4``, 31.5 KB and
-exact, are what earlier runs sent). Streams (:mod:`ccied_p2p.video`), built here and shared with the worker as ``.npy`` files: ``camera``
-(the labelled photo camera over the evaluation photos: objects pan in, are held, leave), ``clips`` (the
-evaluation clips ``vtest`` and ``cup``, every 4th / 2nd frame, half each; no labels) and ``control``
-(independent views of the same photos, no repeats). ``accuracy`` is top-1 against the photo's label on frames
-with an object in view (``local_accuracy``: the unpruned model run locally on the same frames), or, on the
-clips, agreement with the local model.
+(:func:`ccied_p2p.lite.lite0_split`, unpruned: the channel-pruned split loses 20 pp of accuracy, far outside
+the 1 pp target), its activation sent in ``--split-encoding`` (default :data:`ccied_p2p.lite.WIRE_ENCODING`,
+4-bit values, deflated: 6.6 KB, 96.8% top-1 agreement; ``dense-i4``, 8.2 KB, and ``sparse-f16-lz4``, 31.5 KB
+and exact, are what earlier runs sent). Streams (:mod:`ccied_p2p.video`), built here and shared with the
+worker as ``.npy`` files: ``camera`` (the labelled photo camera over the evaluation photos: objects pan in,
+are held, leave), ``clips`` (the evaluation clips ``vtest`` and ``cup``, every 4th / 2nd frame, half each; no
+labels) and ``control`` (independent views of the same photos, no repeats). ``accuracy`` is top-1 against the
+photo's label on frames with an object in view (``local_accuracy``: the unpruned model run locally on the same
+frames), or, on the clips, agreement with the local model.
 
 Per (quota, link) one worker holding two device nodes (one with ``frames_stay``), each with a fresh cache per
 stream, calibrated for 1% false hits on photo-camera streams over the calibration photos. ``--warmup W``: the

@@ -588,7 +588,8 @@ def _build() -> dict[str, TensorEncoding]:
 
 
 ENCODINGS: Final[dict[str, TensorEncoding]] = _build()
-"""Every encoding by name: ``dense-f32``, ``dense-f32-lz4``, ``dense-f32-deflate``, ..., ``sparse-i4-deflate``."""
+"""Every encoding by name: ``dense-f32``, ``dense-f32-lz4``, ``dense-f32-deflate``, ..., ``sparse-i4-deflate``.
+"""
 
 _BY_CODE: Final[dict[int, TensorEncoding]] = {enc.code: enc for enc in ENCODINGS.values()}
 
