@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ccied_p2p.errors import ConfigError
 
 __all__ = [
+    "EXPLORE_BACKOFF",
     "Costs",
+    "Exploration",
     "LinkFit",
     "Live",
     "LivePeer",
@@ -280,6 +283,55 @@ def size_input(options: list[Option], since_sized: int, every: int) -> bool:
     if not every or since_sized < every or not options or options[0].strategy is Strategy.OFFLOAD:
         return False
     return any(o.strategy is Strategy.OFFLOAD for o in options)
+
+
+EXPLORE_BACKOFF = 8
+"""An exploring lookup that misses doubles the gap to the next one, up to this many times ``every``."""
+
+
+@dataclass(slots=True)
+class Exploration:
+    """When a node measures what it did not choose: it looks the cache up (:func:`explore`) and encodes the input
+    only to size it (:func:`size_input`) every so many of the requests its policy decides.
+
+    Only those requests count: ones forced to a strategy (``infer_frame(only=...)``, a benchmark's fixed runs)
+    neither advance nor trigger a measurement (the regimes run of 2026-12-02 on the node that also ran the fixed
+    strategies explored every 2.5 frames instead of 10). The gap between exploring lookups starts at ``every``,
+    doubles after each one that misses, up to ``EXPLORE_BACKOFF`` times ``every``, and falls back to ``every``
+    at any hit: on a stream the cache never answers (the real clips) exploring costs a head and a slower
+    continuation every 80 requests, not every 10, and a cache that starts answering is found within 80.
+    """
+
+    every: int = 10
+    since_lookup: int = 0
+    since_sized: int = sys.maxsize  # never sized: the first decided request sizes the input
+    gap: int = 0  # requests between exploring lookups now (0: ``every``)
+
+    def plan(self, options: list[Option], cache: bool) -> tuple[list[Option], bool, bool]:
+        """For one decided request: the order to try, whether the cache was moved first to measure it, and
+        whether to encode the input only to size it."""
+        out = explore(options, self.since_lookup, self.gap or self.every) if cache else options
+        moved = bool(out) and out[0] is not (options[0] if options else None)
+        size = size_input(out, self.since_sized, self.every)
+        self.since_lookup += 1
+        self.since_sized += 1
+        return out, moved, size
+
+    def looked(self, hit: bool, explored: bool = False) -> None:
+        """The cache was looked up (``explored``: only because :meth:`plan` moved it first)."""
+        self.since_lookup = 0
+        if hit:
+            self.gap = self.every
+        elif explored:
+            self.gap = min(2 * (self.gap or self.every), EXPLORE_BACKOFF * self.every)
+
+    def sized(self) -> None:
+        self.since_sized = 0
+
+    def reset(self) -> None:
+        """A new stream (the cache emptied): explore at the base rate again."""
+        self.since_lookup = 0
+        self.gap = self.every
 
 
 def _remote(

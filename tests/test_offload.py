@@ -365,3 +365,26 @@ async def test_what_offload_would_send_is_measured_before_it_is_ever_chosen(
         for frame in _digits(data, 3):
             assert (await c.infer_frame(frame)).strategy != "offload"
         assert c.situation().input_bytes == guess  # never encoded
+
+
+@pytest.mark.network
+async def test_requests_forced_to_a_strategy_do_not_count_toward_exploring(
+    split: SplitModel, data: datasets.Dataset
+) -> None:
+    """The regimes run of 2026-12-02: the node that also ran the fixed strategies counted their requests, so it
+    looked the cache up and sized its input every 2.5 decided frames instead of every 10."""
+    async with (
+        Node(split, _config("a", cache=False)) as a,
+        Node(split, _config("b", seeds=[a.address])) as b,
+    ):
+        await _until(lambda: a.links and b.links)
+        frames = _digits(data, 9)
+        await b.infer_frame(frames[0])  # decided: sizes the input, may look the cache up
+        ex = b._inference.exploration  # internal: nothing outside the node shows when it explores
+        before = (ex.since_lookup, ex.since_sized)
+        for frame in frames[1:]:
+            for only in (Strategy.LOCAL, Strategy.SPLIT):
+                assert (await b.infer_frame(frame, only=only)).strategy == only.value
+        assert (ex.since_lookup, ex.since_sized) == before
+        await b.infer_frame(frames[1])
+        assert ex.since_sized == before[1] + 1  # a decided request counts

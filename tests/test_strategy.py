@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.planner import MBIT
 from ccied_p2p.strategy import (
+    EXPLORE_BACKOFF,
     Costs,
+    Exploration,
     Option,
     Peer,
     Situation,
@@ -166,6 +168,61 @@ def test_a_low_measured_hit_rate_is_measured_again_now_and_then() -> None:
         for o in options
     ]
     assert explore(slow, since_lookup=10, every=10) == slow
+
+
+def _explorations(
+    ex: Exploration, options: list[Option], requests: int, hits: frozenset[int] = frozenset()
+) -> list[int]:
+    """The requests (0-based) at which ``ex`` moved the cache first; the lookups at ``hits`` hit."""
+    moved = []
+    for i in range(requests):
+        order, explored, _ = ex.plan(options, cache=True)
+        assert explored == (order[0] is not options[0])
+        if explored:
+            moved.append(i)
+            ex.looked(i in hits, explored=True)
+    return moved
+
+
+def test_exploring_backs_off_while_the_cache_misses_and_comes_back_at_a_hit() -> None:
+    """The regimes run of 2026-12-02: on the real clips, which the cache never answers, a device at 25% of a core
+    looked the cache up every 10th request and paid its head and a split instead of an offload each time
+    (+40 ms). Each exploring miss now doubles the gap, up to EXPLORE_BACKOFF x every; a hit restores it."""
+    situation = dataclasses.replace(regime(1.0, 1.0, hit_rate=1 / 34, lookup_at="_blocks.5"), lookup_s=0.003)
+    options = choose(situation)
+    assert options[0].strategy is Strategy.LOCAL  # a hit would beat it: explore() moves the cache first
+    moved = _explorations(Exploration(every=10), options, 400)
+    gaps = [b - a for a, b in zip([-1, *moved], moved, strict=False)]
+    assert gaps == [11, 21, 41, 81, 81, 81, 81]
+    assert max(gaps) == EXPLORE_BACKOFF * 10 + 1  # counted from the request after the lookup
+    # A hit at the third exploring lookup: the next comes after the base gap again.
+    moved = _explorations(Exploration(every=10), options, 120, hits=frozenset({72}))
+    assert moved[:5] == [10, 31, 72, 83, 104]
+    # Lookups the policy chose (the cache first on its own) reset the count but not the gap.
+    ex = Exploration(every=10)
+    _explorations(ex, options, 40)
+    gap = ex.gap
+    ex.looked(False)
+    assert ex.gap == gap
+    assert ex.since_lookup == 0
+    ex.reset()  # a new stream
+    assert ex.gap == 10
+    # No cache, or exploring off: never moved.
+    assert all(Exploration(every=10).plan(options, cache=False)[0] == options for _ in range(30))
+    off = Exploration(every=0)
+    assert _explorations(off, options, 100) == []
+
+
+def test_the_input_is_sized_on_the_first_decided_request_and_every_nth_after() -> None:
+    options = choose(regime(1.0, 10.0))  # local first, offload among the options
+    ex = Exploration(every=10)
+    sized = []
+    for i in range(35):
+        _, _, size = ex.plan(options, cache=False)
+        if size:
+            sized.append(i)
+            ex.sized()
+    assert sized == [0, 11, 22, 33]
 
 
 def test_what_offload_would_send_is_measured_now_and_then_while_it_is_not_chosen() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from ccied_p2p.inputs import encode_jpeg
 from ccied_p2p.runtime.results import InferenceResult
 from ccied_p2p.scheduler import Candidate, Ewma, LinkEstimator, Request, candidate_from_member, choose
 from ccied_p2p.strategy import (
+    Exploration,
     LinkFit,
     Live,
     LivePeer,
@@ -37,9 +37,7 @@ from ccied_p2p.strategy import (
     Situation,
     Strategy,
     StrategyPolicy,
-    explore,
     live_situation,
-    size_input,
 )
 from ccied_p2p.strategy import choose as choose_strategy
 
@@ -79,11 +77,11 @@ class Inference:
         self.act_bytes = Ewma(alpha=0.2)  # what a split puts on the wire
         self.input_bytes = Ewma(alpha=0.2)  # what an offload puts on the wire, measured
         self.input_guess = 0.0  # ... until it is measured
-        self.since_sized = sys.maxsize  # requests since the input was last encoded (sized)
         self.encode_cost = Ewma(alpha=0.2)  # JPEG encoding
         self.lookup_cost = Ewma(alpha=0.2)
         self.lookups: deque[bool] = deque(maxlen=32)  # the last lookups: hit or not
-        self.since_lookup = 0
+        # When to look the cache up and size the input though the policy chose otherwise.
+        self.exploration = Exploration(node.config.strategy.explore_every)
         self.links_fit: dict[bytes, LinkFit] = {}
         self.estimators: dict[bytes, LinkEstimator] = {}
         self.load_at: dict[bytes, float] = {}  # when each member's load report last changed
@@ -123,28 +121,32 @@ class Inference:
 
     def reset(self) -> None:
         self.lookups.clear()
-        self.since_lookup = 0
+        self.exploration.reset()
 
     # ------------------------------------------------------------------ the cache
 
-    def lookup(self, act: np.ndarray[Any, Any], timings: dict[str, float]) -> Looked:
-        """Reduce ``act`` to its cache key and look it up; the key is kept for :meth:`remember`."""
+    def lookup(self, act: np.ndarray[Any, Any], timings: dict[str, float], explored: bool = False) -> Looked:
+        """Reduce ``act`` to its cache key and look it up; the key is kept for :meth:`remember`.
+        ``explored``: looked up only to measure the hit rate (:class:`~ccied_p2p.strategy.Exploration`)."""
         node = self.node
-        self.since_lookup = 0
         start = time.perf_counter()
         try:
             features = node.cache.features(act)
             if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
                 log.warning("[%s] cache lookup skipped: no finite key for one input", node.config.name)
+                self.exploration.looked(False, explored)
                 return Looked()
             feature = features[0]
             found = node.cache.lookup(feature, node.split.fingerprint, node._now())
         except CCIEDError as exc:
             log.warning("[%s] cache lookup failed: %s", node.config.name, exc)
+            self.exploration.looked(False, explored)
             return Looked()
         timings["lookup"] = time.perf_counter() - start
         self.lookup_cost.update(timings["lookup"])
-        self.lookups.append(isinstance(found, Hit) and not found.audit)
+        hit = isinstance(found, Hit) and not found.audit
+        self.lookups.append(hit)
+        self.exploration.looked(hit, explored)
         return Looked(feature, found)
 
     def remember(self, looked: Looked, result: InferenceResult) -> None:
@@ -337,21 +339,21 @@ class Inference:
         chosen = options[0].label
         # A fixed strategy other than the cache leaves the cache alone (no lookup, no insert).
         use_cache = cfg.cache.enabled and only in (None, Strategy.CACHE)
-        if only is not None:
+        explored = sizing = False
+        if only is not None:  # forced: neither measures nor counts toward measuring what was not chosen
             picked = [o for o in options if o.strategy is only]
             options = picked + [o for o in options if o.strategy is Strategy.LOCAL]
-        elif use_cache:
-            options = explore(options, self.since_lookup, cfg.strategy.explore_every)
-        self.since_lookup += 1
+        else:
+            self.exploration.every = cfg.strategy.explore_every  # the config is read per request
+            options, explored, sizing = self.exploration.plan(options, use_cache)
         timings: dict[str, float] = {}
         act: np.ndarray[Any, Any] | None = None
         looked = Looked()
         jpeg: InferInput | None = None
-        if only is None and size_input(options, self.since_sized, cfg.strategy.explore_every):
+        if sizing:
             # Encoded only to measure what offload would send (kept, should offload be tried after all).
             jpeg = await self._input_message(pixels, timings)
             self.input_bytes.update(len(encode_message(jpeg)) + SEAL_OVERHEAD)
-        self.since_sized += 1
         for attempts, option in enumerate(options, start=1):
             done: InferenceResult | None = None
             try:
@@ -365,7 +367,7 @@ class Inference:
                             torch.from_numpy(spec.to_tensor(pixels))
                         )
                     if option.strategy is Strategy.CACHE:
-                        looked = self.lookup(act, timings)
+                        looked = self.lookup(act, timings, explored=explored and attempts == 1)
                         if looked.hit is not None:
                             return self._cached(
                                 looked.hit, timings, t0, act.size * 4, attempts=attempts, chosen=chosen
@@ -408,7 +410,7 @@ class Inference:
     async def _input_message(self, pixels: np.ndarray[Any, Any], timings: dict[str, float]) -> InferInput:
         node = self.node
         spec, fp = node.input_spec, node.split.fingerprint
-        self.since_sized = 0
+        self.exploration.sized()
         if self.offload_format() == "raw":
             return InferInput(0, fp, spec.key, "raw", spec.shape, tensor=spec.to_tensor(pixels))
         start = time.perf_counter()
