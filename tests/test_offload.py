@@ -3,9 +3,7 @@ the per-request choice of a Node."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
@@ -30,6 +28,7 @@ from ccied_p2p.runtime.node import Node, NodeConfig
 from ccied_p2p.runtime.transport import PROTOCOL_VERSION, WS_PATH
 from ccied_p2p.split import SplitModel
 from ccied_p2p.strategy import Live, LivePeer, Strategy, StrategyPolicy, choose, live_situation
+from ccied_p2p.testing.wait import until
 
 SECRET = "test-secret-0123456789"
 RNG = np.random.default_rng(0)
@@ -220,21 +219,13 @@ def _config(name: str, *, seeds: Sequence[str] = (), cache: bool = True) -> Node
     return NodeConfig(name=name, secret=SECRET, network=network, cache=CacheConfig(enabled=cache))
 
 
-async def _until(cond: object, timeout: float = 10.0) -> None:
-    start = time.monotonic()
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def pair(split: SplitModel) -> AsyncIterator[tuple[Node, Node]]:
     async with (
         Node(split, _config("a", cache=False)) as a,
         Node(split, _config("b", seeds=[a.address], cache=False)) as b,
     ):
-        await _until(lambda: a.links and b.links)
+        await until(lambda: a.links and b.links, 10.0, "a link each way")
         yield a, b
 
 
@@ -324,7 +315,11 @@ async def test_the_choice_follows_the_measurements_and_agrees_with_plan(
     pair: tuple[Node, Node], split: SplitModel, data: datasets.Dataset
 ) -> None:
     _a, b = pair
-    await _until(lambda: (m := b.peers.get("a")) is not None and m.load is not None and m.load.model_ms > 0)
+    await until(
+        lambda: (m := b.peers.get("a")) is not None and m.load is not None and m.load.model_ms > 0,
+        10.0,
+        "a's load report with its model cost",
+    )
     s = b.situation()
     assert s.device.model_s > 0
     assert [p.name for p in s.peers] == ["a"]
@@ -354,7 +349,7 @@ async def test_what_offload_would_send_is_measured_before_it_is_ever_chosen(
         Node(split, _config("c", seeds=[a.address], cache=False)) as c,
     ):
         c.config.strategy.frames_stay = True
-        await _until(lambda: len(b.links) == 2 and len(c.links) == 2)
+        await until(lambda: len(b.links) == 2 and len(c.links) == 2, 10.0, "two links each")
         spec = b.input_spec
         frame = _digits(data, 1)[0]
         sent = InferInput(1, split.fingerprint, spec.key, "raw", spec.shape, tensor=spec.preprocess(frame))
@@ -377,7 +372,7 @@ async def test_requests_forced_to_a_strategy_do_not_count_toward_exploring(
         Node(split, _config("a", cache=False)) as a,
         Node(split, _config("b", seeds=[a.address])) as b,
     ):
-        await _until(lambda: a.links and b.links)
+        await until(lambda: a.links and b.links, 10.0, "a link each way")
         frames = _digits(data, 9)
         await b.infer_frame(frames[0])  # decided: sizes the input, may look the cache up
         ex = b._inference.exploration  # internal: nothing outside the node shows when it explores
