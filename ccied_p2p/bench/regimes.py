@@ -582,9 +582,12 @@ def _plots(result: dict[str, Any], folder: Path) -> None:
             ax.set_xticks(range(len(mbits)), [f"{m:g}" for m in mbits])
             ax.set_yticks(range(len(quotas)), [f"{q:.0%}" for q in quotas])
             ax.set_xlabel("link, Mbit/s (20 ms RTT)")
-            ax.set_ylabel("device CPU quota")
-            ax.set_title(f"{stream}: adaptive / best fixed")
+            if ax is axes[0][0]:  # on the others it would overprint the left neighbour's panel
+                ax.set_ylabel("device CPU quota")
+            ax.set_title(stream)
         fig.colorbar(im, ax=axes[0].tolist())
+        what = "frames stay: adaptive / best of local and split" if stay else "adaptive / best fixed strategy"
+        fig.suptitle(f"Mean latency, {what}")
         fig.savefig(folder / f"regimes_ratio{'_frames_stay' if stay else ''}.png", dpi=120)
         plt.close(fig)
     rows = [r for r in regimes if not r["frames_stay"]]
