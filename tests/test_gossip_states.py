@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import itertools
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ccied_p2p.codec.messages import MemberState
-from ccied_p2p.gossip import states
 from ccied_p2p.gossip.states import TRANSITIONS, Event, classify, merge, rank, transition
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
@@ -103,19 +100,3 @@ def test_local_events_only_move_up(events: list[Event], start: tuple[MemberState
         if new is not None:
             assert rank((new, inc)) >= rank((state, inc))
             state = new
-
-
-def test_pure_modules_do_no_io() -> None:
-    """The gossip layer and the scheduler policy never import asyncio, sockets, zeroconf or a clock."""
-    root = Path(states.__file__).resolve().parents[1]
-    banned = {"asyncio", "aiohttp", "zeroconf", "socket", "time", "datetime", "threading"}
-    files = [*sorted((root / "gossip").glob("*.py")), root / "scheduler.py"]
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"

