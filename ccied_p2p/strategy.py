@@ -311,7 +311,7 @@ class Exploration:
         """For one decided request: the order to try, whether the cache was moved first to measure it, and
         whether to encode the input only to size it."""
         out = explore(options, self.since_lookup, self.gap or self.every) if cache else options
-        moved = bool(out) and out[0] is not (options[0] if options else None)
+        moved = bool(options) and out[0] is not options[0]
         size = size_input(out, self.since_sized, self.every)
         self.since_lookup += 1
         self.since_sized += 1
