@@ -54,6 +54,10 @@ def test_quick_regimes(tmp_path: Path) -> None:
         assert len(r["ratios"]) == 2
         assert all(x > 0 for x in r["ratios"])
         assert len(r["latencies_ms"]["adaptive"]) == 2 * 4
+        # Per frame, both workers: what was ranked first and what answered, adding up to `used`.
+        assert len(r["trace"]["chosen"]) == len(r["trace"]["used"]) == 2 * 4
+        assert all(r["trace"]["chosen"])
+        assert {u: r["trace"]["used"].count(u) for u in r["trace"]["used"]} == r["used"]
         assert 0.0 <= r["accuracy"] <= 1.0
         # Every remote strategy pays at least the emulated round trip.
         assert r["fixed_ms"]["offload"] >= 20.0

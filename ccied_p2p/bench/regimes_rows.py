@@ -66,6 +66,9 @@ def cell_rows(
                 "labelled": int((truth >= 0).sum()),
                 "failed": run["failed"] + sum(runs[k]["failed"] for k in FIXED),
                 "used": used,
+                # Per measured frame, in order: what the node ranked first and what answered ("miss>x": the
+                # cache was looked up, then x), so a run shows when it explored without being re-run.
+                "trace": {"chosen": run["chosen"], "used": run["used"]},
                 "bytes_per_frame": run["bytes"] / max(1, len(run["ms"])),
                 "latencies_ms": {
                     "adaptive": run["ms"],
@@ -106,5 +109,6 @@ def median_rows(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "used": used,
         "bytes_per_frame": statistics.fmean(r["bytes_per_frame"] for r in reps),
         "latencies_ms": latencies,
+        "trace": {k: [x for r in reps for x in r["trace"][k]] for k in reps[0]["trace"]},
         "estimates": [r["estimates"] for r in reps],
     }
