@@ -130,23 +130,23 @@ class Inference:
         ``explored``: looked up only to measure the hit rate (:class:`~ccied_p2p.strategy.Exploration`)."""
         node = self.node
         start = time.perf_counter()
+        hit = False  # a lookup that fails measures a miss
         try:
             features = node.cache.features(act)
             if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
                 log.warning("[%s] cache lookup skipped: no finite key for one input", node.config.name)
-                self.exploration.looked(False, explored)
                 return Looked()
             feature = features[0]
             found = node.cache.lookup(feature, node.split.fingerprint, node._now())
+            hit = isinstance(found, Hit) and not found.audit
         except CCIEDError as exc:
             log.warning("[%s] cache lookup failed: %s", node.config.name, exc)
-            self.exploration.looked(False, explored)
             return Looked()
+        finally:
+            self.exploration.looked(hit, explored)
         timings["lookup"] = time.perf_counter() - start
         self.lookup_cost.update(timings["lookup"])
-        hit = isinstance(found, Hit) and not found.audit
         self.lookups.append(hit)
-        self.exploration.looked(hit, explored)
         return Looked(feature, found)
 
     def remember(self, looked: Looked, result: InferenceResult) -> None:
