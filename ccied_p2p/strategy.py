@@ -381,20 +381,21 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
             for peer in s.peers:
                 if lookup not in peer.costs.prefix_s:
                     continue
-                wait, transfer, rtt, compute, overhead = _remote(
-                    peer, at_lookup, peer.costs.rest(lookup), s, policy
-                )
+                parts = _remote(peer, at_lookup, peer.costs.rest(lookup), s, policy)
+                # Expected over hit and miss; a certain hit pays nothing of the miss, even a peer that would
+                # never answer (an infinite wait times 0 is NaN, which no ordering survives).
+                wait, transfer, rtt, compute, overhead = (miss * x if miss else 0.0 for x in parts)
                 out.append(
                     _option(
                         Strategy.CACHE,
                         peer,
                         lookup,
                         hit_cost,
-                        miss * wait,
-                        miss * transfer,
-                        miss * rtt,
-                        miss * compute,
-                        miss * overhead,
+                        wait,
+                        transfer,
+                        rtt,
+                        compute,
+                        overhead,
                         hit_rate=s.hit_rate,
                         hit_s=hit_cost,
                     )

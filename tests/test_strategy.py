@@ -240,6 +240,19 @@ def test_what_offload_would_send_is_measured_now_and_then_while_it_is_not_chosen
     assert not size_input(choose(regime(1.0, 10.0), STAY), since_sized=sys.maxsize, every=10)
 
 
+def test_a_certain_hit_pays_nothing_of_a_miss_to_a_peer_that_would_never_answer() -> None:
+    """Found by hypothesis: a gossiped service rate of 2.2e-313 makes one waiting request cost 1 / rate =
+    infinity; at hit rate 1 the cache option multiplied it by 0 and estimated NaN."""
+    base = regime(0.25, 10.0, peers=1, hit_rate=1.0, lookup_at="_blocks.5")
+    stuck = dataclasses.replace(base.peers[0], queue_depth=1, service_rate=2.2250738585e-313)
+    options = choose(dataclasses.replace(base, peers=(stuck,)))
+    assert not any(math.isnan(o.seconds) for o in options)
+    cached = [o for o in options if o.strategy is Strategy.CACHE]
+    assert {o.peer for o in cached} == {None, stuck.name}
+    assert all(o.seconds == pytest.approx(o.hit_s) for o in cached)
+    assert options[0].strategy is Strategy.CACHE
+
+
 def test_a_busy_peer_loses_to_an_idle_one_and_failover_follows() -> None:
     base = regime(0.25, 10.0, peers=2)
     busy = dataclasses.replace(base.peers[0], queue_depth=6, service_rate=20.0)  # 300 ms of queue
