@@ -408,15 +408,21 @@ def choose(situation: Situation, policy: StrategyPolicy | None = None) -> list[O
 class LinkFit:
     """A link's round trip and bandwidth from (bytes sent, seconds until the answer minus server time).
 
-    Each sample is ``rtt + bytes / bandwidth``; a least-squares line over the last ``window`` samples
-    separates the two when sizes differ (JPEGs and activations do). With one size only, half the fastest
-    sample is taken as the round trip. Before any sample, ``rtt_s`` and ``bandwidth`` are the guesses given.
+    Each sample is ``rtt + bytes / bandwidth``. A least-squares line over the last ``window`` samples
+    separates the two when the bytes explain something measurable: sizes that differ (JPEGs and activations
+    do) and a slope above twice its standard error. When sizes differ and the slope is not significant, the
+    bytes cost no more than the slope's upper bound (slope + 2 standard errors) allows, and the round trip is
+    the rest: a fast link whose bytes cost less than its noise is not given half its round trip as transfer
+    time. With one size only, the bandwidth last identified is kept and only the round trip fitted; with
+    nothing identified yet, half the fastest sample is taken as the round trip. Before any sample, ``rtt_s`` and ``bandwidth`` are the
+    guesses given.
     """
 
     rtt_s: float = 0.001
     bandwidth: float = 10e6
     window: int = 32
     samples: list[tuple[float, float]] = field(default_factory=list)
+    identified: bool = False  # the bandwidth came from the samples' slope, not from a guess
 
     def observe(self, nbytes: int, seconds: float) -> None:
         if not (nbytes > 0 and _finite(seconds) and seconds > 0):
@@ -425,19 +431,40 @@ class LinkFit:
         del self.samples[: -self.window]
         xs = [b for b, _ in self.samples]
         ys = [t for _, t in self.samples]
+        n = len(xs)
         fastest = min(ys)
-        mean_x = sum(xs) / len(xs)
-        mean_y = sum(ys) / len(ys)
+        mean_x = sum(xs) / n
+        mean_y = sum(ys) / n
         var = sum((x - mean_x) ** 2 for x in xs)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-        if len(xs) >= 4 and var > 0 and max(xs) > 1.3 * min(xs) and slope > 0:
-            rtt = min(max(mean_y - slope * mean_x, 0.0), fastest)
-        else:
-            rtt = fastest / 2
-        self.rtt_s = rtt
-        per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
-        if per_byte:
-            self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+        if n >= 4 and var > 0 and max(xs) > 1.3 * min(xs):
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+            intercept = mean_y - slope * mean_x
+            residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
+            stderr = math.sqrt(residual / (n - 2) / var)
+            if slope > 2 * stderr:
+                rtt = min(max(intercept, 0.0), fastest)
+                self.rtt_s = rtt
+                per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
+                if per_byte:
+                    self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+                    self.identified = True
+                return
+            # The bytes cost nothing measurable: no more per byte than the slope's upper bound allows.
+            ceiling = max(slope, 0.0) + 2 * stderr
+            if ceiling > 0:
+                self.bandwidth = max(self.bandwidth, 1.0 / ceiling)
+            self._fit_rtt()
+            return
+        if self.identified:
+            self._fit_rtt()
+            return
+        self.rtt_s = fastest / 2
+        self.bandwidth = 1.0 / max(sum((t - self.rtt_s) / b for b, t in self.samples) / n, 1e-12)
+
+    def _fit_rtt(self) -> None:
+        """The round trip at the bandwidth kept: the mean of what the bytes do not explain."""
+        n = len(self.samples)
+        self.rtt_s = max(sum(t - b / self.bandwidth for b, t in self.samples) / n, 0.0)
 
 
 @dataclass(frozen=True, slots=True)

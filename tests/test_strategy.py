@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import sys
 from typing import Any
 
@@ -24,6 +25,7 @@ from ccied_p2p.strategy import (
     EXPLORE_BACKOFF,
     Costs,
     Exploration,
+    LinkFit,
     Option,
     Peer,
     Situation,
@@ -394,3 +396,72 @@ def test_plan_builds_the_policy_input_from_the_profile() -> None:
     assert choose(s, STAY)[0].strategy is Strategy.CACHE
     with pytest.raises(ConfigError):
         slowdown_of(argparse.Namespace(quota=0.0, slowdown=1.0))
+
+
+# --- LinkFit: a link's round trip and bandwidth from timed transfers ---------------------------------------
+
+
+def _fit(rtt: float, bandwidth: float, sizes: list[int], noise: float = 0.0, seed: int = 0) -> LinkFit:
+    rng = random.Random(seed)
+    fit = LinkFit()
+    for size in sizes:
+        fit.observe(size, rtt + size / bandwidth + rng.uniform(0.0, noise))
+    return fit
+
+
+def _cost(fit: LinkFit, nbytes: int) -> float:
+    return fit.rtt_s + nbytes / fit.bandwidth
+
+
+def test_two_sizes_on_a_slow_link_give_its_round_trip_and_bandwidth() -> None:
+    fit = _fit(0.020, 1 * MBIT, [6_600, 20_000] * 8)
+    assert fit.identified
+    assert fit.rtt_s == pytest.approx(0.020)
+    assert fit.bandwidth == pytest.approx(1 * MBIT)
+
+
+def test_a_noisy_slow_link_is_still_identified() -> None:
+    fit = _fit(0.020, 1 * MBIT, [6_600, 20_000] * 16, noise=0.003)
+    assert fit.identified
+    assert fit.bandwidth == pytest.approx(1 * MBIT, rel=0.1)
+    assert _cost(fit, 13_300) == pytest.approx(0.020 + 13_300 / MBIT + 0.0015, abs=0.003)
+
+
+def test_a_fast_link_whose_bytes_cost_less_than_its_noise_keeps_the_bandwidth_guess() -> None:
+    """The case measured in bench regimes: 6.4 and 9.9 KB over 100 Mbit/s and a 20 ms round trip, 3 ms of
+    noise. Half the fastest sample as round trip put the other half on the bytes (4-5 Mbit/s), which made a
+    20 KB JPEG ~20 ms too slow; now the bytes cost what the guess says and the round trip takes the rest."""
+    for seed in range(20):
+        fit = _fit(0.020, 100 * MBIT, [6_400, 9_900] * 16, noise=0.003, seed=seed)
+        truth = 0.020 + 20_000 / (100 * MBIT) + 0.0015
+        assert _cost(fit, 20_000) == pytest.approx(truth, abs=0.003), seed
+        assert _cost(fit, 8_000) == pytest.approx(0.020 + 8_000 / (100 * MBIT) + 0.0015, abs=0.002), seed
+
+
+def test_one_size_only_splits_the_fastest_sample_until_something_is_identified() -> None:
+    fit = _fit(0.020, 1 * MBIT, [6_600] * 8)
+    assert not fit.identified
+    fastest = 0.020 + 6_600 / MBIT
+    assert fit.rtt_s == pytest.approx(fastest / 2)
+    assert _cost(fit, 6_600) == pytest.approx(fastest)  # right at the size it saw
+
+
+def test_an_identified_bandwidth_is_kept_when_one_size_follows() -> None:
+    fit = _fit(0.020, 1 * MBIT, [6_600, 20_000] * 16)
+    for _ in range(32):  # the whole window now one size
+        fit.observe(6_600, 0.020 + 6_600 / MBIT)
+    assert fit.bandwidth == pytest.approx(1 * MBIT)
+    assert fit.rtt_s == pytest.approx(0.020)
+    for _ in range(32):  # then the round trip grows to 50 ms: the round trip follows, not the bandwidth
+        fit.observe(6_600, 0.050 + 6_600 / MBIT)
+    assert fit.bandwidth == pytest.approx(1 * MBIT)
+    assert fit.rtt_s == pytest.approx(0.050)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan, math.inf])
+def test_samples_that_measure_nothing_are_ignored(seconds: float) -> None:
+    fit = _fit(0.020, 1 * MBIT, [6_600, 20_000] * 4)
+    before = (fit.rtt_s, fit.bandwidth, len(fit.samples))
+    fit.observe(6_600, seconds)
+    fit.observe(0, 0.1)
+    assert (fit.rtt_s, fit.bandwidth, len(fit.samples)) == before
