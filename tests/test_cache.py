@@ -9,6 +9,7 @@ from ccied_p2p import cache as cache_module
 from ccied_p2p.cache import (
     AutoIndex,
     BruteForceIndex,
+    FeatureReducer,
     GlobalAvgPool,
     GridPool,
     Hit,
@@ -53,6 +54,19 @@ def test_gap_reducer_pools_space_and_normalises() -> None:
     assert np.allclose(f[0], [0, 1, 0, 0])
     assert np.allclose(np.linalg.norm(f, axis=1), 1.0)
     assert np.allclose(f[1], _unit(np.array([0, 0, 1.0, 1.0])))
+
+
+@pytest.mark.parametrize("reducer", [GlobalAvgPool(), GridPool(2)], ids=["gap", "grid"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_activation_that_is_not_finite_has_no_finite_key(reducer: FeatureReducer, bad: float) -> None:
+    act = np.ones((3, 4, 4, 4), np.float32)
+    act[1, 2, 3, 3] = bad  # one value in the middle row
+    act[2] = 0.0  # a dead activation keeps its zero key
+    f = reducer(act)
+    assert np.all(np.isfinite(f[0]))
+    assert np.allclose(np.linalg.norm(f[0]), 1.0)
+    assert not np.any(np.isfinite(f[1]))
+    assert np.array_equal(f[2], np.zeros_like(f[2]))
 
 
 def test_dropping_pruned_channels_keeps_distances() -> None:

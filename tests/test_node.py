@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import signal
@@ -51,6 +52,24 @@ async def test_refuses_to_start_without_a_secret(split: SplitModel) -> None:
         Node(split, NodeConfig(name="x", network=NetworkConfig(mdns=False)))
     async with Node(split, NodeConfig(name="x", network=NetworkConfig(mdns=False), insecure=True)) as node:
         assert node.port > 0
+
+
+async def test_an_activation_without_a_finite_cache_key_skips_the_cache_and_says_so(
+    split: SplitModel, data: datasets.Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = Node(split, NodeConfig(name="x", insecure=True, network=NetworkConfig(mdns=False)))
+    act = split.head(data.test_x[:1]).detach().numpy()
+    assert node._inference.lookup(act, {}).feature is not None
+    act[:] = np.nan
+    with caplog.at_level(logging.DEBUG, logger="ccied_p2p.runtime.inference"):
+        looked = node._inference.lookup(act, {})
+        assert looked.feature is None
+        assert looked.found is None
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "no finite cache key" in caplog.text
+        caplog.clear()
+        assert node._inference._key(act).feature is None  # an answer to insert: said at debug level only
+        assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])

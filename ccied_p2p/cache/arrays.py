@@ -65,8 +65,11 @@ def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
 
 
 def _unit(x: npt.NDArray[np.floating[Any]]) -> FloatArray:
-    """Rows of ``x`` scaled to unit L2 norm (all-zero rows stay zero)."""
+    """Rows of ``x`` scaled to unit L2 norm (all-zero rows stay zero; a row with a value that is not finite
+    becomes NaN, which every key check refuses, rather than the zero row a NaN norm would leave)."""
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    out: FloatArray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    finite = np.isfinite(norm)
+    unit = np.divide(x, norm, out=np.zeros_like(x), where=finite & (norm > 0))
+    out: FloatArray = np.where(finite, unit, np.float32(np.nan))
     return out

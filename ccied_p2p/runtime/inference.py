@@ -132,11 +132,9 @@ class Inference:
         start = time.perf_counter()
         hit = False  # a lookup that fails measures a miss
         try:
-            features = node.cache.features(act)
-            if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
-                log.warning("[%s] cache lookup skipped: no finite key for one input", node.config.name)
+            feature = self._key(act, logging.WARNING).feature
+            if feature is None:
                 return Looked()
-            feature = features[0]
             found = node.cache.lookup(feature, node.split.fingerprint, node._now())
             hit = isinstance(found, Hit) and not found.audit
         except CCIEDError as exc:
@@ -396,14 +394,17 @@ class Inference:
                 return dataclasses.replace(done, attempts=attempts, chosen=chosen)
         raise RemoteError("every way to answer failed")  # unreachable: local is always an option
 
-    def _key(self, act: np.ndarray[Any, Any]) -> Looked:
-        """The cache key of ``act`` without a lookup (an answer to insert that was not looked up)."""
+    def _key(self, act: np.ndarray[Any, Any], level: int = logging.DEBUG) -> Looked:
+        """The cache key of ``act`` without a lookup (:meth:`lookup`'s, and an answer's to insert that was
+        not looked up); none if the reducer fails or gives no finite key, logged at ``level``."""
+        name = self.node.config.name
         try:
             features = self.node.cache.features(act)
         except CCIEDError as exc:
-            log.debug("[%s] no cache key: %s", self.node.config.name, exc)
+            log.log(level, "[%s] no cache key: %s", name, exc)
             return Looked()
         if features.shape[0] != 1 or not np.all(np.isfinite(features[0])):
+            log.log(level, "[%s] no finite cache key for one input", name)
             return Looked()
         return Looked(features[0])
 
