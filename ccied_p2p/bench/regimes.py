@@ -561,6 +561,7 @@ def _plots(result: dict[str, Any], folder: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     folder.mkdir(parents=True, exist_ok=True)
     regimes = result["regimes"]
@@ -582,8 +583,10 @@ def _plots(result: dict[str, Any], folder: Path) -> None:
             ax.set_xticks(range(len(mbits)), [f"{m:g}" for m in mbits])
             ax.set_yticks(range(len(quotas)), [f"{q:.0%}" for q in quotas])
             ax.set_xlabel("link, Mbit/s (20 ms RTT)")
-            if ax is axes[0][0]:  # on the others it would overprint the left neighbour's panel
+            if ax is axes[0][0]:  # on the others they would overprint the left neighbour's panel
                 ax.set_ylabel("device CPU quota")
+            else:
+                ax.tick_params(labelleft=False)
             ax.set_title(stream)
         fig.colorbar(im, ax=axes[0].tolist())
         what = "frames stay: adaptive / best of local and split" if stay else "adaptive / best fixed strategy"
@@ -591,16 +594,29 @@ def _plots(result: dict[str, Any], folder: Path) -> None:
         fig.savefig(folder / f"regimes_ratio{'_frames_stay' if stay else ''}.png", dpi=120)
         plt.close(fig)
     rows = [r for r in regimes if not r["frames_stay"]]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3), squeeze=False)
-    for ax, r in zip(axes[0], rows, strict=True):
+    # One row of panels per stream and quota, one column per link.
+    lines = sorted({(r["stream"], r["quota"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    mbits = sorted({r["mbit"] for r in rows})
+    fig, axes = plt.subplots(
+        len(lines), len(mbits), figsize=(3.4 * len(mbits), 2.4 * len(lines)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for r in rows:
+        ax = axes[lines.index((r["stream"], r["quota"])), mbits.index(r["mbit"])]
+        ax.set_visible(True)
         for name, values in r["latencies_ms"].items():
             if values:
                 xs = np.sort(values)
                 ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(labelsize=7)
         ax.set_title(f"{r['stream']} {r['quota']:.0%} {r['mbit']:g} Mbit/s", fontsize=8)
-        ax.set_xlabel("ms")
-    axes[0][0].legend(fontsize=7)
+        ax.set_xlabel("ms", fontsize=8)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "regimes_cdf.png", dpi=100)
     plt.close(fig)
