@@ -414,8 +414,8 @@ class LinkFit:
     bytes cost no more than the slope's upper bound (slope + 2 standard errors) allows, and the round trip is
     the rest: a fast link whose bytes cost less than its noise is not given half its round trip as transfer
     time. With one size only, the bandwidth last identified is kept and only the round trip fitted; with
-    nothing identified yet, half the fastest sample is taken as the round trip. Before any sample, ``rtt_s`` and ``bandwidth`` are the
-    guesses given.
+    nothing identified yet, half the fastest sample is taken as the round trip. Before any sample, ``rtt_s``
+    and ``bandwidth`` are the guesses given.
     """
 
     rtt_s: float = 0.001
