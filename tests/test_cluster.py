@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import os
+import socket
 import statistics
 import time
 from functools import partial
@@ -19,6 +20,7 @@ from ccied_p2p.gossip.membership import MembershipConfig
 from ccied_p2p.runtime.node import InferenceResult
 from ccied_p2p.split import SplitModel
 from ccied_p2p.testing import LinkSpec, LocalCluster
+from ccied_p2p.testing.cluster import _bindable
 
 if TYPE_CHECKING:
     from ccied_p2p.testing.pytest_plugin import ClusterFactory
@@ -34,6 +36,27 @@ def _open_fds() -> int:
 
 def _tasks() -> set[asyncio.Task[object]]:
     return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
+def test_a_port_an_earlier_outgoing_connection_left_in_time_wait_is_not_bindable() -> None:
+    """CI of 2026-12-02: the relay's port (free on 127.0.1.10) was held on 127.0.0.10 by an outgoing
+    connection of the previous test in TIME_WAIT, and the node's bind failed. LocalCluster now checks."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.21", 0))
+        server.listen()
+        client = socket.socket()
+        client.bind(("127.0.0.20", 0))
+        port = client.getsockname()[1]
+        client.connect(server.getsockname())
+        accepted, _ = server.accept()
+        client.close()  # the side that closes first keeps the port in TIME_WAIT
+        accepted.close()
+        time.sleep(0.05)
+    assert not _bindable("127.0.0.20", port)
+    with socket.socket() as other:
+        other.bind(("127.0.0.20", 0))
+        free = other.getsockname()[1]
+    assert _bindable("127.0.0.20", free)
 
 
 async def test_up_and_down_leaves_no_task_or_socket(split: SplitModel, data: datasets.Dataset) -> None:

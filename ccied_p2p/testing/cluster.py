@@ -69,6 +69,7 @@ _STATE_OF_KIND = {
     "left": MemberState.LEFT,
 }
 _NETNS_PORT = 7700  # every namespace has its own port space
+_PORT_TRIES = 20
 _RANK = {MemberState.ALIVE: 0, MemberState.SUSPECT: 1, MemberState.DEAD: 2, MemberState.LEFT: 3}
 
 
@@ -76,6 +77,19 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether a server (which sets SO_REUSEADDR) can bind ``host:port`` now. A relay's port is free on the
+    relay's address, not necessarily on its node's: an earlier outgoing connection from the node's address may
+    hold the same number (in TIME_WAIT, without SO_REUSEADDR), and then the node's bind fails."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _copied(value: Any) -> Any:
@@ -213,8 +227,16 @@ class LocalCluster:
             if self.network is not None:
                 assert h.relay_host is not None
                 self.network.add_endpoint(h.index, h.host, forward_from=h.relay_host)
-                relay = Relay(h.relay_host, 0, (h.host, 0), network=self.network, owner=h.index, name=h.name)
-                await relay.start()
+                for _ in range(_PORT_TRIES):  # a port free on the relay's address and on the node's
+                    relay = Relay(
+                        h.relay_host, 0, (h.host, 0), network=self.network, owner=h.index, name=h.name
+                    )
+                    await relay.start()
+                    if _bindable(h.host, relay.port):
+                        break
+                    await relay.close()
+                else:
+                    raise LocalError(f"LocalCluster: no port free on both {h.relay_host} and {h.host}")
                 h.port = relay.port
                 relay.target = (h.host, h.port)
                 self._relays[h.index] = relay
