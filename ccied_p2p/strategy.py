@@ -442,24 +442,27 @@ class LinkFit:
             residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
             stderr = math.sqrt(residual / (n - 2) / var)
             if slope > 2 * stderr:
-                rtt = min(max(intercept, 0.0), fastest)
-                self.rtt_s = rtt
-                per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
-                if per_byte:
-                    self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+                if self._fit_bandwidth(min(max(intercept, 0.0), fastest)):
                     self.identified = True
                 return
             # The bytes cost nothing measurable: no more per byte than the slope's upper bound allows.
             ceiling = max(slope, 0.0) + 2 * stderr
             if ceiling > 0:
                 self.bandwidth = max(self.bandwidth, 1.0 / ceiling)
-            self._fit_rtt()
+        elif not self.identified:
+            self._fit_bandwidth(fastest / 2)
             return
-        if self.identified:
-            self._fit_rtt()
-            return
-        self.rtt_s = fastest / 2
-        self.bandwidth = 1.0 / max(sum((t - self.rtt_s) / b for b, t in self.samples) / n, 1e-12)
+        self._fit_rtt()
+
+    def _fit_bandwidth(self, rtt: float) -> bool:
+        """Take ``rtt`` as the round trip and the mean per-byte cost of the rest as the bandwidth; False if no
+        sample is slower than ``rtt`` (the bandwidth is then kept)."""
+        self.rtt_s = rtt
+        per_byte = [(t - rtt) / b for b, t in self.samples if t > rtt]
+        if not per_byte:
+            return False
+        self.bandwidth = 1.0 / max(sum(per_byte) / len(per_byte), 1e-12)
+        return True
 
     def _fit_rtt(self) -> None:
         """The round trip at the bandwidth kept: the mean of what the bytes do not explain."""
